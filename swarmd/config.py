@@ -1,0 +1,553 @@
+"""The one configuration tree of swarmd, with its defaults.
+
+Theory of operation
+-------------------
+A node runs with no file at all: every field below has a default chosen so a
+single machine is usable at once (the API on loopback, peers found by mDNS, a
+swarm secret generated on first start and kept in ``data_dir``).  A TOML file
+given with ``swarmd --config FILE`` overrides any subset of fields.
+
+Loading is strict: an unknown key, a value of the wrong type, a bad multiaddr
+or ``host:port`` raises :class:`ConfigError` naming the dotted key (for example
+``p2p.seeds[1]``) and the problem; the daemon prints it and exits 2.  Checks
+that need the machine (is a port free?) are done by :func:`check_ports` at
+start-up, with the same error type.
+
+This is the only module that reads the environment (``HOME``,
+``XDG_RUNTIME_DIR``, user id, hostname) and only when a default needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import os
+import re
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the dotted key at fault."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config error at {key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+# --------------------------------------------------------------------------
+# Defaults that depend on the machine (the only environment reads).
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def default_name() -> str:
+    """The node name when none is configured: the host name."""
+    return socket.gethostname().split(".")[0] or "swarmd"
+
+
+def default_data_dir() -> Path:
+    """Where the identity key, swarm secret and state live."""
+    if _is_root():
+        return Path("/var/lib/swarmd")
+    return Path.home() / ".local" / "share" / "swarmd"
+
+
+def default_control_socket() -> Path:
+    """The control socket that ``swarmctl`` uses when given no ``--socket``."""
+    if _is_root():
+        return Path("/run/swarmd/swarmd.sock")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "swarmd" / "swarmd.sock"
+    return Path.home() / ".local" / "state" / "swarmd" / "swarmd.sock"
+
+
+# --------------------------------------------------------------------------
+# The tree.  Every field says its unit and why it has its default.
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    #: Human-readable node name shown by ``swarmctl``; default the host name.
+    name: str = field(default_factory=default_name)
+    #: Directory for ``identity.key`` (Ed25519, mode 0600), ``swarm.secret``
+    #: and other state.  Created on start.
+    data_dir: Path = field(default_factory=default_data_dir)
+
+
+@dataclass(frozen=True)
+class P2PSection:
+    #: libp2p listen multiaddrs (TCP).  0.0.0.0 so other machines can reach
+    #: this one; admission (the swarm secret) keeps strangers out.
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4100",)
+    #: Peers to introduce ourselves to: ``/ip4/H/tcp/P/p2p/ID``,
+    #: ``/ip4/H/tcp/P`` or ``host:port``.  Re-dialled every
+    #: ``seed_retry_interval`` while they are not members.
+    seeds: tuple[str, ...] = ()
+    #: Find peers on the local link with mDNS (zeroconf).
+    mdns: bool = True
+    #: Network interface names mDNS binds to; empty = all.  zeroconf is more
+    #: reliable bound to one interface (FIELD-NOTES).
+    mdns_interfaces: tuple[str, ...] = ()
+    #: The swarm secret: 64 hex chars (32 bytes).  Only nodes that know it are
+    #: admitted.  Empty = read ``secret_file``, else ``data_dir/swarm.secret``
+    #: (generated on first start).
+    secret: str = ""
+    #: File holding the secret as 64 hex chars.
+    secret_file: str = ""
+    #: Seconds between re-dials of seeds that are not members yet.
+    seed_retry_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class MembershipSection:
+    #: Named timing profile: ``lan`` (memberlist LAN defaults), ``wan`` or
+    #: ``local`` (loopback tests).  See swarmd.core.membership.PROFILES.
+    profile: str = "lan"
+    #: Field overrides applied on top of the profile, e.g.
+    #: ``probe_interval = 0.5`` (units as in MembershipConfig's docs).
+    overrides: Mapping[str, float | int] = field(default_factory=dict)
+    #: Seconds between refreshes of this node's load in its gossiped record.
+    #: The gossip layer may stretch it on large swarms to hold its budget.
+    load_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class LeaseSection:
+    #: Seconds a coordinator lease lasts without renewal (client-go: 15 s).
+    duration: float = 15.0
+    #: Seconds within which a holder must renew or step down (< duration).
+    renew_deadline: float = 10.0
+    #: Seconds between renewals and acquisition attempts (< renew_deadline).
+    retry_period: float = 2.0
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    #: host:port of the OpenAI-compatible HTTP port.  Loopback by default:
+    #: opening it to the network is a deliberate choice.
+    listen: str = "127.0.0.1:4180"
+    #: Largest request body accepted, bytes (413 above it).
+    max_body_bytes: int = 8 * 1024 * 1024
+    #: Seconds to connect to an engine or open a stream to a peer (502 after).
+    connect_timeout: float = 5.0
+    #: Seconds to wait for the first byte of an answer (504 after).  Long,
+    #: since a cold engine may load a model first.
+    first_byte_timeout: float = 300.0
+    #: Seconds between two chunks of a streaming answer before giving up.
+    idle_timeout: float = 120.0
+    #: Seconds a whole request may take (504 after).
+    request_timeout: float = 1800.0
+
+
+@dataclass(frozen=True)
+class RoutingSection:
+    #: Model name aliases: a request for the key is served as the value.
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    #: Number of leading messages hashed for prefix affinity.
+    affinity_messages: int = 2
+    #: Load (in-flight / capacity) above which affinity spills to others.
+    spill_load: float = 0.8
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    #: Engine kind: a built-in (llamacpp, ollama, vllm, tgi, mlx, openai,
+    #: simulated) or a plugin's entry point name.
+    kind: str
+    #: Base URL of the engine, e.g. ``http://127.0.0.1:8080``.
+    url: str
+    #: Node-local id; default ``<kind>-<port>``.
+    id: str = ""
+    #: Static model list / allow-list; empty = ask the engine.
+    models: tuple[str, ...] = ()
+    #: File holding an API key for the upstream (never gossiped or logged).
+    api_key_file: str = ""
+    #: Environment variable holding that key (read here, at config load).
+    api_key_env: str = ""
+    #: Max concurrent requests the engine handles well, if known.
+    capacity: int = 0
+    #: Resolved key (from api_key_file / api_key_env), not a TOML key.
+    api_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class LocalEnginesSection:
+    #: Probe the usual local ports (llama.cpp 8080, Ollama 11434, vLLM 8000,
+    #: ...) for engines nobody configured.
+    detect: bool = True
+    #: Seconds between health/model/load polls of local engines.
+    poll_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    #: Unix socket of the local control API used by ``swarmctl``.
+    socket: Path = field(default_factory=default_control_socket)
+
+
+@dataclass(frozen=True)
+class LogSection:
+    #: debug, info, warning, error.
+    level: str = "info"
+    #: ``text`` for people, ``json`` for log collectors (one object a line).
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    p2p: P2PSection = field(default_factory=P2PSection)
+    membership: MembershipSection = field(default_factory=MembershipSection)
+    lease: LeaseSection = field(default_factory=LeaseSection)
+    api: ApiSection = field(default_factory=ApiSection)
+    routing: RoutingSection = field(default_factory=RoutingSection)
+    engines: tuple[EngineEntry, ...] = ()
+    local_engines: LocalEnginesSection = field(default_factory=LocalEnginesSection)
+    control: ControlSection = field(default_factory=ControlSection)
+    log: LogSection = field(default_factory=LogSection)
+
+
+# --------------------------------------------------------------------------
+# Value checks shared with other modules.
+
+_HOSTPORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+):(?P<port>\d{1,5})$")
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """``"host:port"`` -> (host, port); ``[v6]:port`` accepted.  ValueError if bad."""
+    m = _HOSTPORT.match(value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not host:port")
+    port = int(m.group("port"))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range 0-65535")
+    host = m.group("host").strip("[]")
+    return host, port
+
+
+def check_multiaddr(value: str, *, need_tcp: bool = True) -> None:
+    """Raise ValueError unless ``value`` is a valid multiaddr with ip and tcp."""
+    from multiaddr import Multiaddr  # local import: keep config import light
+
+    try:
+        ma = Multiaddr(value)
+    except Exception as exc:  # the multiaddr package raises several types
+        raise ValueError(f"{value!r} is not a valid multiaddr ({exc})") from None
+    protos = [p.name for p in ma.protocols()]
+    if need_tcp and "tcp" not in protos:
+        raise ValueError(f"{value!r} has no /tcp/ part")
+    if not ({"ip4", "ip6", "dns", "dns4", "dns6"} & set(protos)):
+        raise ValueError(f"{value!r} has no /ip4/, /ip6/ or /dns/ part")
+
+
+def check_seed(value: str) -> None:
+    """A seed is a multiaddr (with or without /p2p/) or ``host:port``."""
+    if value.startswith("/"):
+        check_multiaddr(value)
+    else:
+        parse_hostport(value)
+
+
+def parse_secret(value: str) -> bytes:
+    v = value.strip()
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", v):
+        raise ValueError("must be 64 hex characters (32 bytes)")
+    return bytes.fromhex(v)
+
+
+# --------------------------------------------------------------------------
+# Loading.
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def _coerce(key: str, value: Any, ftype: str) -> Any:
+    """Check/convert one TOML value against a dataclass field's type string."""
+    t = ftype.replace(" ", "")
+    if t == "str":
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {type(value).__name__}")
+        return value
+    if t == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if t == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if t == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        if value < 0:
+            raise ConfigError(key, f"must not be negative, got {value!r}")
+        return float(value)
+    if t == "Path":
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, "expected a non-empty path string")
+        return Path(value).expanduser()
+    if t == "tuple[str,...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, "expected a list of strings")
+        return tuple(value)
+    if t.startswith("Mapping[str,"):
+        if not isinstance(value, dict):
+            raise ConfigError(key, "expected a table")
+        return dict(value)
+    raise ConfigError(key, f"unsupported field type {ftype}")  # pragma: no cover
+
+
+def _build(cls: Any, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(prefix, "expected a table")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "api_key"}
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k not in fields:
+            raise ConfigError(key, f"unknown key (known: {', '.join(sorted(fields))})")
+        kwargs[k] = _coerce(key, v, str(fields[k].type))
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(prefix or "(top)", str(exc)) from None
+
+
+_SECTIONS: dict[str, Any] = {
+    "node": NodeSection,
+    "p2p": P2PSection,
+    "membership": MembershipSection,
+    "lease": LeaseSection,
+    "api": ApiSection,
+    "routing": RoutingSection,
+    "local_engines": LocalEnginesSection,
+    "control": ControlSection,
+    "log": LogSection,
+}
+
+
+def from_mapping(data: Mapping[str, Any]) -> Config:
+    """Build and validate a Config from parsed TOML (a dict)."""
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "engines":
+            kwargs["engines"] = _engines(value)
+        elif name in _SECTIONS:
+            kwargs[name] = _build(_SECTIONS[name], value, name)
+        else:
+            known = ", ".join(sorted([*_SECTIONS, "engines"]))
+            raise ConfigError(name, f"unknown section (known: {known})")
+    cfg = Config(**kwargs)
+    validate(cfg)
+    return cfg
+
+
+def _engines(value: Any) -> tuple[EngineEntry, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("engines", "expected an array of tables ([[engines]])")
+    out: list[EngineEntry] = []
+    for i, item in enumerate(value):
+        key = f"engines[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(key, "expected a table")
+        for req in ("kind", "url"):
+            if req not in item:
+                raise ConfigError(f"{key}.{req}", "missing (required)")
+        entry = _build(EngineEntry, item, key)
+        out.append(dataclasses.replace(entry, api_key=_resolve_key(entry, key)))
+    return tuple(out)
+
+
+def _resolve_key(entry: EngineEntry, key: str) -> str:
+    if entry.api_key_file:
+        try:
+            return Path(entry.api_key_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}.api_key_file", f"cannot read: {exc.strerror}") from None
+    if entry.api_key_env:
+        val = os.environ.get(entry.api_key_env)
+        if val is None:
+            raise ConfigError(f"{key}.api_key_env", f"${entry.api_key_env} is not set")
+        return val.strip()
+    return ""
+
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks that need no machine access."""
+    if not cfg.node.name or len(cfg.node.name) > 63:
+        raise ConfigError("node.name", "must be 1-63 characters")
+    if not cfg.p2p.listen:
+        raise ConfigError("p2p.listen", "needs at least one multiaddr")
+    for i, addr in enumerate(cfg.p2p.listen):
+        try:
+            check_multiaddr(addr)
+        except ValueError as exc:
+            raise ConfigError(f"p2p.listen[{i}]", str(exc)) from None
+        if "/p2p/" in addr:
+            raise ConfigError(f"p2p.listen[{i}]", "a listen address carries no /p2p/ id")
+    for i, seed in enumerate(cfg.p2p.seeds):
+        try:
+            check_seed(seed)
+        except ValueError as exc:
+            raise ConfigError(f"p2p.seeds[{i}]", str(exc)) from None
+    if cfg.p2p.secret:
+        try:
+            parse_secret(cfg.p2p.secret)
+        except ValueError as exc:
+            raise ConfigError("p2p.secret", str(exc)) from None
+    if cfg.p2p.secret and cfg.p2p.secret_file:
+        raise ConfigError("p2p.secret_file", "give secret or secret_file, not both")
+    _validate_membership(cfg.membership)
+    lease = cfg.lease
+    if not lease.duration > lease.renew_deadline > lease.retry_period > 0:
+        raise ConfigError(
+            "lease", "need duration > renew_deadline > retry_period > 0"
+        )
+    try:
+        host, _ = parse_hostport(cfg.api.listen)
+        ipaddress.ip_address(host) if host[0].isdigit() or ":" in host else None
+    except ValueError as exc:
+        raise ConfigError("api.listen", str(exc)) from None
+    if cfg.api.max_body_bytes <= 0:
+        raise ConfigError("api.max_body_bytes", "must be positive")
+    for name, target in cfg.routing.aliases.items():
+        if not isinstance(target, str) or not target:
+            raise ConfigError(f"routing.aliases.{name}", "alias target must be a model name")
+    if not 0 < cfg.routing.spill_load <= 10:
+        raise ConfigError("routing.spill_load", "must be in (0, 10]")
+    for i, eng in enumerate(cfg.engines):
+        if not re.match(r"^https?://", eng.url):
+            raise ConfigError(f"engines[{i}].url", f"{eng.url!r} is not an http(s) URL")
+    if cfg.log.level.lower() not in _LEVELS:
+        raise ConfigError("log.level", f"must be one of {', '.join(_LEVELS)}")
+    if cfg.log.format not in ("text", "json"):
+        raise ConfigError("log.format", "must be text or json")
+
+
+def _validate_membership(m: MembershipSection) -> None:
+    from swarmd.core.membership import PROFILES, MembershipConfig
+
+    if m.profile not in PROFILES:
+        raise ConfigError(
+            "membership.profile", f"unknown profile {m.profile!r} (known: {', '.join(PROFILES)})"
+        )
+    names = {f.name for f in dataclasses.fields(MembershipConfig)}
+    for k, v in m.overrides.items():
+        if k not in names:
+            raise ConfigError(f"membership.overrides.{k}", "unknown membership field")
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise ConfigError(f"membership.overrides.{k}", "expected a non-negative number")
+
+
+def membership_config(cfg: Config) -> Any:
+    """The effective MembershipConfig: the profile plus overrides."""
+    from swarmd.core.membership import PROFILES
+
+    base = PROFILES[cfg.membership.profile]
+    return dataclasses.replace(base, **dict(cfg.membership.overrides))
+
+
+def load(path: Path | None) -> Config:
+    """Load ``path`` (None = embedded defaults only)."""
+    if path is None:
+        cfg = Config()
+        validate(cfg)
+        return cfg
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    return from_mapping(data)
+
+
+def check_ports(cfg: Config) -> None:
+    """Fail early, naming the key, when a configured port is already taken."""
+    host, port = parse_hostport(cfg.api.listen)
+    _check_bind("api.listen", host, port)
+    for i, addr in enumerate(cfg.p2p.listen):
+        parts = addr.strip("/").split("/")
+        if len(parts) >= 4 and parts[0] in ("ip4", "ip6") and parts[2] == "tcp":
+            _check_bind(f"p2p.listen[{i}]", parts[1], int(parts[3]))
+
+
+def _check_bind(key: str, host: str, port: int) -> None:
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(key, f"port {port} on {host} is already taken") from None
+            raise ConfigError(key, f"cannot bind {host}:{port}: {exc.strerror}") from None
+
+
+def to_toml(cfg: Config) -> str:
+    """Render the effective config as TOML (for ``swarmd --print-config``).
+
+    Secrets are masked: the output is safe to paste in a bug report.
+    """
+    lines: list[str] = []
+    for name in _SECTIONS:
+        section = getattr(cfg, name)
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if f.name == "secret" and value:
+                value = "<set>"
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        lines.append("")
+    for eng in cfg.engines:
+        lines.append("[[engines]]")
+        for f in dataclasses.fields(eng):
+            if f.name == "api_key":
+                continue
+            lines.append(f"{f.name} = {_toml_value(getattr(eng, f.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, Path):
+        return _toml_str(str(v))
+    if isinstance(v, str):
+        return _toml_str(v)
+    if isinstance(v, Sequence):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{_toml_str(str(k))} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    return _toml_str(str(v))
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
