@@ -257,10 +257,9 @@ def check_multiaddr(value: str, *, need_tcp: bool = True) -> None:
 
 def check_seed(value: str) -> None:
     """A seed is a multiaddr (with or without /p2p/) or ``host:port``."""
-    if value.startswith("/"):
-        check_multiaddr(value)
-    else:
-        parse_hostport(value)
+    from swarmd.runtime.p2p_addrs import parse_seed
+
+    parse_seed(value)
 
 
 def parse_secret(value: str) -> bytes:
@@ -464,7 +463,8 @@ def membership_config(cfg: Config) -> Any:
     from swarmd.core.membership import PROFILES
 
     base = PROFILES[cfg.membership.profile]
-    return dataclasses.replace(base, **dict(cfg.membership.overrides))
+    overrides: dict[str, Any] = dict(cfg.membership.overrides)
+    return dataclasses.replace(base, **overrides)
 
 
 def load(path: Path | None) -> Config:

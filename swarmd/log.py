@@ -47,7 +47,10 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # py-libp2p is chatty at info; keep its warnings.
-    logging.getLogger("libp2p").setLevel(max(logging.WARNING, root.level))
+    # py-libp2p logs an ERROR for every failed dial; membership reports what matters.
+    logging.getLogger("libp2p").setLevel(
+        logging.DEBUG if level.lower() == "debug" else logging.CRITICAL
+    )
 
 
 def kv(**fields: Any) -> dict[str, Any]:

@@ -146,6 +146,8 @@ class Node:
     def _on_user_action(self, action: Any) -> None:
         """User messages carried by membership: lease claims."""
         assert self.lease is not None
+        if getattr(action, "key", None) != "lease":
+            return
         payload = getattr(action, "payload", None)
         sender = getattr(action, "sender", "")
         if isinstance(payload, bytes):
@@ -175,7 +177,8 @@ class Node:
             if m.state is MemberState.ALIVE
         ]
         before = self.lease.current()
-        for claim in self.lease.tick(now, alive):
+        known = sum(1 for m in self.membership.members() if m.state is not MemberState.LEFT)
+        for claim in self.lease.tick(now, alive, known_members=known):
             self.membership.broadcast("lease", claim)
         if self.lease.current() != before:
             self._log_lease(before)

@@ -1,0 +1,78 @@
+"""Regenerate protocol/vectors/membership.json (golden wire vectors).
+
+Run: PYTHONPATH=. .venv/bin/python protocol/vectors/make_membership_vectors.py
+Tests compare the codec against the committed file, never against this script.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from swarmd.core import wire
+
+ID_A = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+ID_B = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
+ADDR_B = f"/ip4/10.0.0.2/tcp/4001/p2p/{ID_B}"
+
+CASES: list[tuple[str, list[wire.Message]]] = [
+    ("ping", [wire.Ping(7, ID_B)]),
+    ("ack", [wire.Ack(7)]),
+    ("ping_req", [wire.PingReq(8, ID_B, (ADDR_B,), True)]),
+    ("nack", [wire.Nack(8)]),
+    ("alive", [wire.Alive(ID_B, 3, "gpu-box", (ADDR_B,))]),
+    ("suspect", [wire.Suspect(ID_B, 3, ID_A)]),
+    ("dead", [wire.Dead(ID_B, 3, ID_A)]),
+    ("left", [wire.Left(ID_B, 4)]),
+    ("record", [wire.Record(ID_B, 12, {"name": "gpu-box", "started": 1700000000.5,
+                                        "engines": [], "draining": False}, True)]),
+    ("record_delta", [wire.RecordDelta(ID_B, 13, 12, {"load": {"cpu_percent": 12.5}},
+                                       ("api",))]),
+    ("record_req", [wire.RecordReq(((ID_B, 12), (ID_A, 0)))]),
+    ("push_pull", [wire.PushPull(wire.PP_JOIN | wire.PP_LAST, (
+        wire.StateEntry(ID_A, "a", (), wire.WireState.ALIVE, 0, 1),
+        wire.StateEntry(ID_B, "gpu-box", (ADDR_B,), wire.WireState.DEAD, 3, 12),
+    ))]),
+    ("user", [wire.User(ID_A, "lease", 123456789, b"\x94\x01\x02\xa1x\x05")]),
+    ("compound_ping_with_gossip", [wire.Ping(9, ID_B), wire.Alive(ID_A, 1, "a", ()),
+                                   wire.Suspect(ID_B, 3, ID_A)]),
+]
+
+
+def main() -> None:
+    out = []
+    for name, msgs in CASES:
+        data = wire.encode_frame(msgs)
+        out.append({
+            "name": name,
+            "hex": data.hex(),
+            "decoded": {"version": wire.WIRE_VERSION,
+                        "messages": [wire.describe(m) for m in msgs]},
+        })
+    # Forward compatibility: an unknown type (99) is skipped, a trailing
+    # extra field is ignored.
+    fwd = bytes.fromhex("93") + b"\x02" + bytes.fromhex("92") + b"\x63\x01" + bytes.fromhex(
+        "93") + b"\x02\x07\xc0"
+    out.append({"name": "forward_compat_v2", "hex": fwd.hex(),
+                "decoded": {"version": 2, "messages": [{"type": "Ack", "seq": 7}],
+                            "unknown": 1}})
+    bad = {
+        "empty": "",
+        "not_array": "a3616263",
+        "empty_array": "90",
+        "version_zero": "9100",
+        "negative_seq": "92019202ff",
+        "truncated": "9201930107",
+        "trailing_bytes": "9101c0",
+        "ext_type": "9201920ad40100",
+        "bool_as_int": "92019202c3",
+        "ping_without_target": "9201920107",
+    }
+    path = Path(__file__).with_name("membership.json")
+    path.write_text(json.dumps({"wire_version": wire.WIRE_VERSION, "valid": out,
+                                "invalid": [{"name": k, "hex": v} for k, v in bad.items()]},
+                               indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""SWIM + Lifeguard membership driven by the simulated network (virtual time)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from swarmd.core import wire
+from swarmd.core.lifeguard import suspicion_timeouts
+from swarmd.core.membership import (
+    PROFILES,
+    MemberChanged,
+    Membership,
+    MemberState,
+    Send,
+    UserMessage,
+)
+from tests.fakes.simnet import SimNet
+
+CFG = PROFILES["local"]
+
+
+def cluster(n: int, seed: int = 1) -> SimNet:
+    net = SimNet(seed)
+    ids = [f"n{i}" for i in range(n)]
+    for i, nid in enumerate(ids):
+        net.add(nid, CFG, record={"started": float(i), "name": nid})
+    for nid in ids[1:]:
+        net.join(nid, ids[0])
+    net.wait_for(net.converged, 5.0)
+    return net
+
+
+def changes(net: SimNet, observer: str, target: str) -> list[MemberState]:
+    return [c.new for c in net.nodes[observer].changes if c.node_id == target]
+
+
+def test_join_of_five_converges_with_records() -> None:
+    net = SimNet(1)
+    for i in range(5):
+        net.add(f"n{i}", CFG, record={"started": float(i), "gpu": i})
+    for i in range(1, 5):
+        net.join(f"n{i}", "n0", by_addr=(i == 4))  # n4 knows only an address
+    took = net.wait_for(net.converged, 5.0)
+    assert took < 1.0
+    net.run_for(1.0)
+    for a in net.nodes.values():
+        assert len(a.m.members()) == 5
+        for b in net.nodes.values():
+            v = a.m.member(b.node_id)
+            assert v is not None and v.record["gpu"] == int(b.node_id[1:])
+            assert v.record_version == 1
+
+
+def test_suspect_then_refute() -> None:
+    net = cluster(5)
+    net.partition(["n3"], ["n0", "n1", "n2", "n4"])
+    net.wait_for(lambda: any(n.state_of("n3") is MemberState.SUSPECT
+                             for n in net.nodes.values() if n.node_id != "n3"), 2.0)
+    net.heal()
+    net.wait_for(lambda: net.all_see("n3", MemberState.ALIVE), 3.0)
+    net.run_for(2.0)
+    n3 = net.nodes["n3"].m
+    assert n3.stats["refutations"] >= 1 and n3.incarnation >= 1
+    for obs in ("n0", "n1", "n2", "n4"):
+        assert MemberState.DEAD not in changes(net, obs, "n3")
+        assert net.nodes[obs].m.member("n3").incarnation == n3.incarnation  # type: ignore[union-attr]
+
+
+def test_direct_suspect_message_is_refuted() -> None:
+    m = Membership(node_id="a", name="a", addrs=["/a"], config=CFG, now=0.0,
+                   rng=random.Random(0))
+    m.receive("b", wire.encode_frame([wire.Alive("b", 0, "b", ("/b",))]), 0.1)
+    m.drain()
+    m.receive("b", wire.encode_frame([wire.Suspect("a", 0, "b")]), 0.2)
+    assert m.incarnation == 1 and m.stats["refutations"] == 1
+    # The refutation (alive, inc 1) goes out with the next gossip.
+    m.tick(m.next_deadline())
+    sent = [a for a in m.drain() if isinstance(a, Send)]
+    msgs = [x for s in sent for x in wire.decode_frame(s.payload).messages]
+    assert wire.Alive("a", 1, "a", ("/a",)) in msgs
+
+
+def test_indirect_probe_saves_node_behind_lossy_link() -> None:
+    net = cluster(5)
+    net.set_link_loss("n0", "n1", 1.0)
+    net.run_for(20.0)
+    assert net.nodes["n0"].m.stats["indirect_probes"] > 0
+    assert MemberState.SUSPECT not in changes(net, "n0", "n1")
+    assert MemberState.SUSPECT not in changes(net, "n1", "n0")
+    assert net.converged()
+
+
+def test_silent_node_goes_suspect_then_dead_within_bound() -> None:
+    net = cluster(5)
+    net.kill("n2")
+    lo, hi = suspicion_timeouts(CFG.suspicion_mult, CFG.suspicion_max_timeout_mult, 5,
+                                CFG.probe_interval)
+    # Probed within (N-1) probe intervals, at most the max suspicion timeout,
+    # then a few gossip rounds.
+    bound = 4 * CFG.probe_interval + hi + 10 * CFG.gossip_interval
+    took = net.wait_for(lambda: net.all_see("n2", MemberState.DEAD), bound)
+    assert took >= lo
+    for obs in ("n0", "n1", "n3", "n4"):
+        seen = changes(net, obs, "n2")
+        assert seen[-1] is MemberState.DEAD and MemberState.LEFT not in seen
+    assert any(MemberState.SUSPECT in changes(net, o, "n2") for o in ("n0", "n1", "n3", "n4"))
+
+
+def test_graceful_leave_is_left_not_dead() -> None:
+    net = cluster(5)
+    n4 = net.nodes["n4"].m
+    n4.leave(net.now)
+    grace = n4.leave_grace
+    net.wait_for(lambda: n4.leave_done(net.now), grace + 0.1)
+    net.wait_for(lambda: net.all_see("n4", MemberState.LEFT,
+                                     among=["n0", "n1", "n2", "n3"]), 0.1)
+    net.kill("n4")
+    net.run_for(10.0)
+    for obs in ("n0", "n1", "n2", "n3"):
+        assert changes(net, obs, "n4")[-1] is MemberState.LEFT
+        assert MemberState.DEAD not in changes(net, obs, "n4")
+
+
+def test_dead_member_reaped_after_reap_after() -> None:
+    net = cluster(4)
+    net.kill("n3")
+    net.wait_for(lambda: net.all_see("n3", MemberState.DEAD), 10.0)
+    died = max(net.nodes[o].m.member("n3").state_since  # type: ignore[union-attr]
+               for o in ("n0", "n1", "n2"))
+    net.run_until(died + CFG.reap_after - 1.0)
+    assert all(net.nodes[o].m.member("n3") is not None for o in ("n0", "n1", "n2"))
+    net.run_until(died + CFG.reap_after + 5.0)  # housekeeping runs every <= 3 s here
+    assert all(net.nodes[o].m.member("n3") is None for o in ("n0", "n1", "n2"))
+    assert net.nodes["n0"].m.counts()[MemberState.DEAD] == 0
+
+
+def test_partition_and_heal_converge() -> None:
+    net = cluster(6)
+    a, b = ["n0", "n1", "n2"], ["n3", "n4", "n5"]
+    net.partition(a, b)
+    net.wait_for(lambda: all(net.all_see(x, MemberState.DEAD, among=a) for x in b)
+                 and all(net.all_see(x, MemberState.DEAD, among=b) for x in a), 15.0)
+    net.heal()
+    took = net.wait_for(net.converged, 15.0)
+    assert took < 3 * CFG.push_pull_interval + 1.0
+
+
+def test_restart_with_same_id_comes_back_with_higher_incarnation() -> None:
+    net = cluster(4)
+    net.nodes["n3"].m.set_addrs(["/sim/n3", "/sim/n3b"], net.now)  # incarnation 1
+    net.run_for(1.0)
+    net.kill("n3")
+    net.wait_for(lambda: net.all_see("n3", MemberState.DEAD), 10.0)
+    old_inc = net.nodes["n0"].m.member("n3").incarnation  # type: ignore[union-attr]
+    net.restart("n3", CFG, record={"started": 99.0, "gen": 2})
+    assert net.nodes["n3"].m.incarnation == 0
+    net.join("n3", "n0")
+    net.wait_for(net.converged, 5.0)
+    net.run_for(2.0)
+    for obs in ("n0", "n1", "n2"):
+        v = net.nodes[obs].m.member("n3")
+        assert v is not None and v.state is MemberState.ALIVE
+        assert v.incarnation > old_inc
+        assert v.record.get("gen") == 2
+
+
+def test_quick_restart_before_detection_gets_its_new_record_through() -> None:
+    net = cluster(3)
+    n2 = net.nodes["n2"].m
+    for i in range(5):
+        n2.set_record({"started": 2.0, "v": i}, net.now)
+        net.run_for(2.0)
+    assert net.nodes["n0"].m.member("n2").record_version == 6  # type: ignore[union-attr]
+    net.restart("n2", CFG, record={"started": 2.0, "v": "new"})
+    net.join("n2", "n0")
+    net.wait_for(lambda: all(net.nodes[o].m.member("n2").record.get("v") == "new"  # type: ignore[union-attr]
+                             for o in ("n0", "n1")), 5.0)
+
+
+def test_record_updates_spread_as_deltas_and_lagging_nodes_pull() -> None:
+    net = cluster(5)
+    net.loss = 0.2
+    n1 = net.nodes["n1"].m
+    for i in range(6):
+        n1.set_record({"started": 1.0, "name": "n1", "load": {"cpu": i}}, net.now)
+        net.run_for(1.5)
+    net.wait_for(lambda: all(n.m.member("n1").record["load"] == {"cpu": 5}  # type: ignore[union-attr]
+                             for n in net.nodes.values()), 10.0)
+    assert sum(n.m.stats["records_applied"] for n in net.nodes.values()) > 0
+
+
+def test_record_rate_limit_grows_with_swarm_size() -> None:
+    small = cluster(3).nodes["n0"].m.record_interval()
+    m = Membership(node_id="x", name="x", addrs=[], config=CFG, now=0.0,
+                   rng=random.Random(0), record={"load": {"cpu": 1.0}})
+    for i in range(200):
+        m.receive(f"p{i}", wire.encode_frame([wire.Alive(f"p{i}", 0, "p", ())]), 0.0)
+    assert m.record_interval() > 50 * small
+
+
+def test_user_broadcast_reaches_everyone_once() -> None:
+    net = cluster(6)
+    net.nodes["n2"].m.broadcast("k", b"one")
+    net.run_for(0.05)
+    net.nodes["n2"].m.broadcast("k", b"two")  # replaces the queued one at n2
+    net.run_for(3.0)
+    for n in net.nodes.values():
+        got = [u for u in n.user if u.key == "k"]
+        if n.node_id == "n2":
+            assert got == []
+        else:
+            assert got and got[-1] == UserMessage("n2", "k", b"two")
+            assert len(got) == len(set(got))
+
+
+def test_malformed_and_unknown_input_is_dropped_and_counted() -> None:
+    m = Membership(node_id="a", name="a", addrs=[], config=CFG, now=0.0, rng=random.Random(0))
+    m.receive("b", b"\xff\x00garbage", 0.0)
+    m.receive("b", bytes.fromhex("9201926301"), 0.0)  # unknown message type 99
+    m.receive("b", wire.encode_frame([wire.Ping(1, "not-a")]), 0.0)  # misdirected
+    assert m.stats["dropped_malformed"] == 1
+    assert m.stats["dropped_unknown"] == 1
+    assert m.stats["dropped_misdirected"] == 1
+    assert not [a for a in m.drain() if isinstance(a, Send)]
+
+
+def test_next_deadline_always_moves_forward() -> None:
+    net = cluster(4)
+    for n in net.nodes.values():
+        n.m.tick(net.now)
+        assert n.m.next_deadline() > net.now
+
+
+def test_member_changed_events_and_views() -> None:
+    m = Membership(node_id="a", name="a", addrs=["/a"], config=CFG, now=0.0,
+                   rng=random.Random(0), record={"x": 1})
+    m.receive("b", wire.encode_frame([wire.Alive("b", 2, "bee", ("/b",))]), 1.0)
+    ev = [a for a in m.drain() if isinstance(a, MemberChanged)]
+    assert ev and ev[0].old is None and ev[0].new is MemberState.ALIVE
+    assert ev[0].view.name == "bee" and ev[0].view.incarnation == 2
+    me = m.member("a")
+    assert me is not None and me.record == {"x": 1} and me.record_version == 1
+
+
+def test_config_profiles_and_validation() -> None:
+    lan = PROFILES["lan"]
+    assert (lan.probe_interval, lan.probe_timeout, lan.indirect_checks, lan.suspicion_mult,
+            lan.gossip_interval, lan.gossip_nodes, lan.push_pull_interval) == (
+        1.0, 0.5, 3, 4, 0.2, 3, 30.0)
+    assert set(PROFILES) == {"lan", "wan", "local"}
+    with pytest.raises(ValueError):
+        dataclasses.replace(lan, probe_timeout=2.0)
+    with pytest.raises(ValueError):
+        dataclasses.replace(lan, gossip_interval=0)
+
+
+def test_lost_join_is_retried_until_a_reply() -> None:
+    net = SimNet(5)
+    net.add("n0", CFG)
+    net.add("n1", CFG)
+    net.set_link_loss("n0", "n1", 1.0)
+    net.join("n1", "n0")
+    net.run_for(CFG.probe_interval)
+    net.set_link_loss("n0", "n1", 0.0)
+    net.wait_for(net.converged, 3 * CFG.probe_interval)
