@@ -40,6 +40,7 @@ from swarmd.hw import capabilities as hw_caps
 from swarmd.hw import load as hw_load
 from swarmd.identity import Identity, load_or_create_identity
 from swarmd.log import kv
+from swarmd.runtime.forward import PROTOCOL_ID
 from swarmd.runtime.p2p import P2PNode, parse_seed
 from swarmd.runtime.snapshot import NodeInfo, Snapshot, SnapshotBox
 from swarmd.swarm_secret import load_secret
@@ -81,6 +82,16 @@ class Node:
             )
         )
         self.trio_token: trio.lowlevel.TrioToken | None = None
+        #: Set by the HTTP side once the API is up (swarmd.runtime.services).
+        self.forward_server: Any = None
+        self.p2p.set_handler(PROTOCOL_ID, self._on_forward_stream)
+
+    async def _on_forward_stream(self, peer_id: str, stream: Any) -> None:
+        server = self.forward_server
+        if server is None:  # API not up yet (start-up) or shutting down
+            await stream.reset()
+            return
+        await server.handle(peer_id, stream)
 
     # -- thread-safe entry points (called from the asyncio side) -------------
 
@@ -347,7 +358,9 @@ class Node:
             )
             self._publish()
             http = HttpSide(self.cfg, self)
-            http.start()
+            # Blocks until every listener is bound; run off the trio thread so
+            # libp2p keeps answering meanwhile.
+            await trio.to_thread.run_sync(http.start)
             log.info(
                 "swarmd started",
                 extra=kv(name=self.cfg.node.name, id=self.identity.peer_id,
