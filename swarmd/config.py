@@ -25,16 +25,12 @@ import ipaddress
 import os
 import re
 import socket
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+import tomli as tomllib  # the design card's TOML reader (same API as stdlib tomllib)
 
 
 class ConfigError(ValueError):

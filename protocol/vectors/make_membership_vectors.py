@@ -34,6 +34,8 @@ CASES: list[tuple[str, list[wire.Message]]] = [
         wire.StateEntry(ID_B, "gpu-box", (ADDR_B,), wire.WireState.DEAD, 3, 12),
     ))]),
     ("user", [wire.User(ID_A, "lease", 123456789, b"\x94\x01\x02\xa1x\x05")]),
+    ("sync", [wire.Sync(0, 0x0123456789ABCDEF, bytes.fromhex("12345678abcd"))]),
+    ("sync_reply", [wire.Sync(wire.SYNC_REPLY, 42, b"")]),
     ("compound_ping_with_gossip", [wire.Ping(9, ID_B), wire.Alive(ID_A, 1, "a", ()),
                                    wire.Suspect(ID_B, 3, ID_A)]),
 ]
@@ -67,6 +69,7 @@ def main() -> None:
         "ext_type": "9201920ad40100",
         "bool_as_int": "92019202c3",
         "ping_without_target": "9201920107",
+        "sync_odd_fingerprints": "9202940e0001c40112",
     }
     path = Path(__file__).with_name("membership.json")
     path.write_text(json.dumps({"wire_version": wire.WIRE_VERSION, "valid": out,

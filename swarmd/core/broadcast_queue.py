@@ -18,6 +18,8 @@ Items sit in buckets indexed by transmit count; each bucket is an
 insertion-ordered dict, walked newest first.  Taking the few items that fit
 one packet touches only those items, so a large queue costs O(1) per packet.
 The queue is bounded (``max_items``): past it, the most-sent items go first.
+An item may carry its own, lower, transmit cap (news that anti-entropy
+spreads anyway, e.g. joins: see membership).
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ _MAX_SKIPS = 16
 
 
 class _Item:
-    __slots__ = ("key", "data", "meta", "transmits", "id")
+    __slots__ = ("key", "data", "meta", "transmits", "id", "cap")
 
-    def __init__(self, key: Hashable, data: bytes, meta: Any, ident: int) -> None:
+    def __init__(self, key: Hashable, data: bytes, meta: Any, ident: int, cap: int) -> None:
         self.key = key
         self.data = data
         self.meta = meta
         self.transmits = 0
         self.id = ident
+        self.cap = cap
 
 
 class BroadcastQueue:
@@ -58,13 +61,15 @@ class BroadcastQueue:
         item = self._by_key.get(key)
         return None if item is None else item.meta
 
-    def put(self, key: Hashable, data: bytes, meta: Any = None) -> Any:
-        """Queue ``data`` under ``key``; returns the replaced item's meta (or None)."""
+    def put(self, key: Hashable, data: bytes, meta: Any = None, cap: int = 1 << 30) -> Any:
+        """Queue ``data`` under ``key``; returns the replaced item's meta (or None).
+
+        ``cap`` bounds this item's transmits below the queue-wide limit."""
         old = self._by_key.pop(key, None)
         if old is not None:
             del self._buckets[old.transmits][old.id]
         self._next_id += 1
-        item = _Item(key, data, meta, self._next_id)
+        item = _Item(key, data, meta, self._next_id, cap)
         self._by_key[key] = item
         self._buckets[0][item.id] = item
         if len(self._by_key) > self.max_items:
@@ -109,7 +114,7 @@ class BroadcastQueue:
         for item in taken:
             del self._buckets[item.transmits][item.id]
             item.transmits += 1
-            if item.transmits >= limit:
+            if item.transmits >= limit or item.transmits >= item.cap:
                 del self._by_key[item.key]
                 continue
             while len(self._buckets) <= item.transmits:

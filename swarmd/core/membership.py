@@ -47,7 +47,10 @@ the same key replaces an older one still queued.
 from __future__ import annotations
 
 import enum
+import hashlib
 import random
+import sys
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -142,7 +145,7 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 class _Member:
     __slots__ = (
         "node_id", "name", "addrs", "state", "incarnation", "record", "record_version",
-        "state_since", "_entry", "_view",
+        "state_since", "wire_version", "_entry", "_view", "_fp",
     )
 
     def __init__(self, node_id: str, name: str, addrs: tuple[str, ...], state: MemberState,
@@ -155,12 +158,22 @@ class _Member:
         self.record: Mapping[str, Any] = _EMPTY
         self.record_version = 0
         self.state_since = now
+        self.wire_version = 0  # of the last frame it sent us; 0: none yet
         self._entry: bytes | None = None
         self._view: MemberView | None = None
+        self._fp: int | None = None
 
     def changed(self) -> None:
         self._entry = None
         self._view = None
+        self._fp = None
+
+    def fp_hash(self) -> int:
+        """64-bit hash of the entry (digest sync fingerprints derive from it)."""
+        if self._fp is None:
+            self._fp = int.from_bytes(hashlib.blake2b(self.entry(), digest_size=8).digest(),
+                                      "big")
+        return self._fp
 
     def entry(self) -> bytes:
         if self._entry is None:
@@ -206,8 +219,19 @@ _STAT_KEYS = (
     "msgs_in", "msgs_out", "bytes_in", "bytes_out", "dropped_malformed", "dropped_unknown",
     "dropped_misdirected", "probes", "probe_failures", "indirect_probes", "relayed_pings",
     "nacks_sent", "suspicions", "deaths", "refutations", "push_pulls", "record_pulls",
-    "records_applied", "user_in", "gossip_frames", "reaped",
+    "records_applied", "user_in", "gossip_frames", "reaped", "syncs",
+    "record_bytes_out",
 )
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _fingerprint(h: int, seed: int) -> int:
+    """16-bit fingerprint of an entry hash under a per-sync seed (a fresh
+    seed makes false matches independent from one sync to the next)."""
+    return (((h ^ seed) * _GOLDEN) & _M64) >> 48
+
 
 
 class Membership:
@@ -264,12 +288,17 @@ class Membership:
         if record:
             me.record = MappingProxyType(rec.check_record(record, config.max_record_bytes))
             me.record_version = 1
-            self._rec_pending = True
+            # Not gossiped: peers pull it when a (join or digest) push-pull
+            # shows them version 1; later changes go out as deltas.
+            self._rec_sent = dict(me.record)
+            self._rec_sent_version = 1
         # Schedules, staggered so that a swarm started at once does not beat.
         c = config
         self._next_probe = now + rng.random() * c.probe_interval
         self._next_gossip = now + rng.random() * c.gossip_interval
         self._next_push_pull = now + c.push_pull_interval * (0.5 + rng.random())
+        self._next_sync = float("inf")  # busy syncs: scheduled by _busy()
+        self._busy_until = -1.0
         self._housekeeping_every = max(c.probe_interval, min(5.0, c.reap_after / 10))
         self._next_housekeeping = now + self._housekeeping_every
         self._queue_alive(me)
@@ -297,6 +326,9 @@ class Membership:
         if not sender or sender == self.node_id:
             self.stats["dropped_unknown"] += len(frame.messages)
             return
+        sm = self._members.get(sender)
+        if sm is not None:
+            sm.wire_version = frame.version
         for msg in frame.messages:
             self._handle(sender, msg, now)
 
@@ -352,12 +384,22 @@ class Membership:
             n = len(self._members)
             self._next_push_pull = now + push_pull_scale(c.push_pull_interval, n) * (
                 0.75 + 0.5 * self._rng.random())
+        # Digest syncs while the membership is changing.
+        if now >= self._next_sync:
+            if now < self._busy_until and not self._left:
+                live = self._live.sample(self._rng, 1)
+                if live:
+                    self._sync_with(live[0])
+                self._next_sync = now + c.busy_sync_interval * (0.75 + 0.5 * self._rng.random())
+            else:
+                self._next_sync = float("inf")
         if now >= self._next_housekeeping:
             self._housekeeping(now)
             self._next_housekeeping = now + self._housekeeping_every
 
     def next_deadline(self) -> float:
-        d = min(self._next_probe, self._next_push_pull, self._next_housekeeping)
+        d = min(self._next_probe, self._next_push_pull, self._next_housekeeping,
+                self._next_sync)
         p = self._probe
         if p is not None:
             d = min(d, p.end_at)
@@ -490,7 +532,10 @@ class Membership:
             room = budget - sum(len(m) for m in out)
             if room < 32 or not len(q):
                 continue
-            out += q.get(room, limit)
+            got = q.get(room, limit)
+            if q is self._rqueue:
+                self.stats["record_bytes_out"] += sum(len(m) for m in got)
+            out += got
         return out
 
     def _next_seq(self) -> int:
@@ -518,17 +563,20 @@ class Membership:
             self._send(t, msgs)
 
     def _send_push_pull(self, to: str, addrs: tuple[str, ...], flags: int) -> None:
+        self.stats["push_pulls"] += 1
+        self._send_entries(to, addrs, flags, [m.entry() for m in self._members.values()])
+
+    def _send_entries(self, to: str, addrs: tuple[str, ...], flags: int,
+                      entries: list[bytes]) -> None:
         budget = self.config.max_message_bytes - wire.FRAME_OVERHEAD - wire.PUSH_PULL_OVERHEAD
         parts: list[list[bytes]] = [[]]
         used = 0
-        for m in self._members.values():
-            e = m.entry()
+        for e in entries:
             if used + len(e) > budget and parts[-1]:
                 parts.append([])
                 used = 0
             parts[-1].append(e)
             used += len(e)
-        self.stats["push_pulls"] += 1
         if not addrs:
             addrs = self._addrs_of(to)
         for i, part in enumerate(parts):
@@ -540,12 +588,55 @@ class Membership:
             return
         live = self._live.sample(self._rng, 1)
         if live:
-            self._send_push_pull(live[0], (), 0)
+            self._sync_with(live[0])
         dead = [n for n, m in self._members.items() if m.state is MemberState.DEAD]
         if dead:
             # Serf-style reconnect: the only way two halves of a healed
             # partition learn about each other without an outside introduction.
             self._send_push_pull(self._rng.choice(dead), (), 0)
+
+    # ------------------------------------------------------- digest sync
+
+    def _busy(self, now: float) -> None:
+        """The membership changed: sync every busy_sync_interval for a while."""
+        every = self.config.busy_sync_interval
+        self._busy_until = now + 10 * every
+        if self._next_sync == float("inf"):
+            self._next_sync = now + every * (0.25 + 0.5 * self._rng.random())
+
+    def _digest(self) -> tuple[int, bytes]:
+        seed = self._rng.getrandbits(64)
+        fps = array("H", [_fingerprint(m.fp_hash(), seed) for m in self._members.values()])
+        if sys.byteorder == "little":
+            fps.byteswap()  # big-endian on the wire
+        return seed, fps.tobytes()
+
+    def _sync_with(self, to: str) -> None:
+        """Anti-entropy with one peer: full state to a version-1 peer (it
+        ignores SYNC), else our digest (its reply carries what we lack and
+        its own digest, which we answer with what it lacks)."""
+        m = self._members.get(to)
+        if m is not None and m.wire_version == 1 or len(self._members) > wire.MAX_SYNC_FPS:
+            self._send_push_pull(to, (), 0)
+            return
+        self.stats["syncs"] += 1
+        seed, fps = self._digest()
+        self._send(to, [wire.encode_message(wire.Sync(0, seed, fps))])
+
+    def _on_sync(self, sender: str, s: wire.Sync) -> None:
+        theirs = array("H")
+        theirs.frombytes(s.fps)
+        if sys.byteorder == "little":
+            theirs.byteswap()
+        have = set(theirs)
+        seed = s.seed
+        lack = [m.entry() for m in self._members.values()
+                if _fingerprint(m.fp_hash(), seed) not in have]
+        if not s.reply:
+            my_seed, fps = self._digest()
+            self._send(sender, [wire.encode_message(wire.Sync(wire.SYNC_REPLY, my_seed, fps))])
+        if lack:
+            self._send_entries(sender, (), wire.PP_REPLY, lack)
 
     def _send_batched(self, to: str, msgs: list[bytes]) -> None:
         budget = self.config.max_message_bytes - wire.FRAME_OVERHEAD
@@ -666,6 +757,8 @@ class Membership:
             self._on_push_pull(sender, msg, now)
         elif isinstance(msg, wire.User):
             self._on_user(msg, now)
+        elif isinstance(msg, wire.Sync):
+            self._on_sync(sender, msg)
 
     def _set_state(self, m: _Member, new: MemberState, now: float) -> None:
         old = m.state
@@ -677,6 +770,7 @@ class Membership:
         m.state_since = now
         m.changed()
         if m is not self._me:
+            self._busy(now)
             if new in (MemberState.ALIVE, MemberState.SUSPECT):
                 self._live.add(m.node_id)
             else:
@@ -719,7 +813,10 @@ class Membership:
             self._probe_list.insert(
                 self._rng.randint(self._probe_idx, len(self._probe_list)), a.node)
             if relay:
-                self._queue.put(("m", a.node), wire.encode_message(a))
+                # A join: digest sync spreads it; gossip only seeds it.
+                self._queue.put(("m", a.node), wire.encode_message(a),
+                                cap=self.config.join_retransmits)
+            self._busy(now)
             self._actions.append(MemberChanged(a.node, None, MemberState.ALIVE, m.view()))
             return
         if a.inc <= m.incarnation:
@@ -882,6 +979,7 @@ class Membership:
                 out.append(wire.encode_message(
                     wire.Record(node, m.record_version, dict(m.record), False)))
         if out:
+            self.stats["record_bytes_out"] += sum(len(m) for m in out)
             self._send_batched(sender, out)
 
     # ---------------------------------------------------------- push-pull
@@ -918,7 +1016,7 @@ class Membership:
                 # not news: gossiping it would make every join cost every
                 # node N broadcasts.  The peer's own entry is news (a join).
                 self._on_alive(wire.Alive(e.node, e.inc, e.name, e.addrs), now,
-                               relay=e.node == sender)
+                               relay=pp.join and e.node == sender)
             elif e.state is wire.WireState.LEFT:
                 self._on_dead(wire.Dead(e.node, e.inc, e.node), now)
             else:

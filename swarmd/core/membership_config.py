@@ -49,6 +49,17 @@ class MembershipConfig:
     #: (memberlist PushPullInterval), stretched above 32 nodes by
     #: ``ceil(log2(N) - 5) + 1``.  Repairs lost gossip, heals partitions.
     push_pull_interval: float = 30.0
+    #: Seconds between digest syncs (SYNC: fingerprints, then only the
+    #: entries the other lacks) with one random peer while the membership is
+    #: changing, i.e. for ``10 * busy_sync_interval`` s after any member was
+    #: added or changed state.  This, not gossip, spreads joins in a large
+    #: swarm: each node receives each new entry about once.
+    busy_sync_interval: float = 1.0
+    #: Transmits per node of the alive news of a member we did not know (a
+    #: join).  Joins are spread by digest sync; one transmit per node starts
+    #: a short relay chain (~sqrt(N) nodes) that seeds the sync epidemic.
+    #: Refutations and other state news keep the full retransmit limit.
+    join_retransmits: int = 1
     #: Seconds a dead or left member stays listed before it is forgotten.
     #: While listed, a restarted node is told it was dead and refutes with a
     #: higher incarnation, and dead members' addresses stay known for
@@ -87,7 +98,7 @@ class MembershipConfig:
             raise ValueError("membership.probe_timeout must be < probe_interval")
         if self.probe_interval <= 0 or self.gossip_interval <= 0:
             raise ValueError("membership intervals must be > 0")
-        if self.push_pull_interval <= 0:
+        if self.push_pull_interval <= 0 or self.busy_sync_interval <= 0:
             raise ValueError("membership.push_pull_interval must be > 0")
         if self.suspicion_mult < 1 or self.awareness_max_multiplier < 1:
             raise ValueError("membership multipliers must be >= 1")
@@ -109,6 +120,7 @@ PROFILES: dict[str, MembershipConfig] = {
         gossip_nodes=4,
         gossip_to_the_dead=60.0,
         push_pull_interval=60.0,
+        busy_sync_interval=5.0,
         reap_after=900.0,
     ),
     # Loopback and tests: everything ~5x faster than LAN.
@@ -119,6 +131,7 @@ PROFILES: dict[str, MembershipConfig] = {
         gossip_interval=0.05,
         gossip_to_the_dead=5.0,
         push_pull_interval=2.0,
+        busy_sync_interval=0.2,
         reap_after=30.0,
     ),
 }

@@ -35,8 +35,10 @@ from typing import Any
 
 import msgpack
 
-#: Wire version written by this implementation.
-WIRE_VERSION = 1
+#: Wire version written by this implementation.  2: understands SYNC
+#: (digest push-pull); a peer seen writing version 1 gets full-state
+#: push-pulls instead.
+WIRE_VERSION = 2
 #: Default largest frame in bytes (libp2p frames allow more; 60 KB keeps one
 #: frame within a few TCP segments' worth of buffering and bounds memory).
 MAX_FRAME_BYTES = 60_000
@@ -69,6 +71,7 @@ class MsgType(enum.IntEnum):
     RECORD_REQ = 11
     PUSH_PULL = 12
     USER = 13
+    SYNC = 14
 
 
 class WireState(enum.IntEnum):
@@ -84,6 +87,11 @@ class WireState(enum.IntEnum):
 PP_JOIN = 1
 PP_REPLY = 2
 PP_LAST = 4
+
+# Sync flag bits.
+SYNC_REPLY = 2
+#: Largest digest accepted (fingerprints; 2 bytes each).
+MAX_SYNC_FPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -196,9 +204,23 @@ class User:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class Sync:
+    """Digest push-pull: 16-bit fingerprints (big-endian, 2 bytes each) of
+    the sender's entries under ``seed`` (see membership_sync)."""
+
+    flags: int
+    seed: int
+    fps: bytes
+
+    @property
+    def reply(self) -> bool:
+        return bool(self.flags & SYNC_REPLY)
+
+
 Message = (
     Ping | Ack | PingReq | Nack | Alive | Suspect | Dead | Left | Record | RecordDelta
-    | RecordReq | PushPull | User
+    | RecordReq | PushPull | User | Sync
 )
 
 
@@ -250,6 +272,8 @@ def to_list(msg: Message) -> list[Any]:
         return [MsgType.PUSH_PULL, msg.flags, [_entry_list(e) for e in msg.states]]
     if isinstance(msg, User):
         return [MsgType.USER, msg.origin, msg.key, msg.msg_id, msg.payload]
+    if isinstance(msg, Sync):
+        return [MsgType.SYNC, msg.flags, msg.seed, msg.fps]
     raise TypeError(f"not a membership message: {msg!r}")
 
 
@@ -433,6 +457,11 @@ def _decode_message(m: list[Any], t: int) -> Message:
             raise DecodeError("user: payload must be bytes")
         return User(_id(origin, "origin"), _str(key, "key", MAX_KEY_LEN),
                     _int(msg_id, "msg id"), payload)
+    if t == MsgType.SYNC:
+        flags, seed, fps = _fields(m, 3, "sync")
+        if type(fps) is not bytes or len(fps) % 2 or len(fps) > 2 * MAX_SYNC_FPS:
+            raise DecodeError("sync: fingerprints must be bytes of even length")
+        return Sync(_int(flags, "flags"), _int(seed, "seed"), fps)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -42,10 +42,14 @@ class FakeNVML:
     NVMLError = FakeNVMLError
 
     def __init__(self, gpus: list[FakeGpu] | None = None, init_error: str | None = None,
-                 name_bytes: bool = False) -> None:
+                 name_bytes: bool = False, reserved: int | None = None) -> None:
         self.gpus = list(gpus or [])
         self.init_error = init_error
         self.name_bytes = name_bytes
+        # reserved set: NVML v2 memory info exists and "used" excludes driver-reserved bytes
+        self.reserved = reserved
+        if reserved is not None:
+            self.nvmlMemory_v2 = 0x02000028
         self.calls: dict[str, int] = {}
         self.broken: set[str] = set()  # method names that raise
 
@@ -74,8 +78,10 @@ class FakeNVML:
         self._hit("nvmlDeviceGetName")
         return h.name.encode() if self.name_bytes else h.name
 
-    def nvmlDeviceGetMemoryInfo(self, h: FakeGpu) -> _Mem:
+    def nvmlDeviceGetMemoryInfo(self, h: FakeGpu, version: int | None = None) -> _Mem:
         self._hit("nvmlDeviceGetMemoryInfo")
+        if version is not None and self.reserved is not None:
+            return _Mem(h.total, h.used - self.reserved, h.total - h.used)
         return _Mem(h.total, h.used, h.total - h.used)
 
     def nvmlDeviceGetUtilizationRates(self, h: FakeGpu) -> _Util:

@@ -84,8 +84,9 @@ class SimNet:
 
     def add(self, node_id: str, config: MembershipConfig, *,
             record: Mapping[str, Any] | None = None,
-            lease: LeaseConfig | None = None, name: str | None = None) -> SimNode:
-        addr = f"/sim/{node_id}"
+            lease: LeaseConfig | None = None, name: str | None = None,
+            addr: str | None = None) -> SimNode:
+        addr = addr or f"/sim/{node_id}"
         m = Membership(node_id=node_id, name=name or node_id, addrs=[addr], config=config,
                        now=self.now, rng=random.Random(self.rng.getrandbits(64)),
                        record=record)
@@ -98,10 +99,8 @@ class SimNet:
 
     def join(self, node_id: str, seed: str, *, by_addr: bool = False) -> None:
         node = self.nodes[node_id]
-        if by_addr:
-            node.m.introduce(None, [f"/sim/{seed}"], self.now)
-        else:
-            node.m.introduce(seed, [f"/sim/{seed}"], self.now)
+        addrs = list(self.nodes[seed].m.member(seed).addrs)  # type: ignore[union-attr]
+        node.m.introduce(None if by_addr else seed, addrs, self.now)
         self._after(node)
 
     def kill(self, node_id: str) -> None:

@@ -166,3 +166,18 @@ def test_no_metrics_route_without_registry(sock_dir: Path) -> None:
         with pytest.raises(ControlError) as e:
             ControlClient(path).get("/metrics")
         assert e.value.status == 404
+
+
+def test_oversized_body_is_413_json(served: tuple) -> None:
+    _, provider, path = served
+    import json
+
+    from swarmd.control.client import UnixHTTPConnection
+
+    conn = UnixHTTPConnection(str(path), 5)
+    conn.request("POST", "/v1/drain", body=b'{"on": true, "pad": "' + b"x" * 70000 + b'"}')
+    resp = conn.getresponse()
+    doc = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 413 and doc["error"]["type"] == "invalid_request_error"
+    assert provider.drained == []

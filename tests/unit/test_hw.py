@@ -80,6 +80,11 @@ def test_nvml_unsupported_query_gives_none() -> None:
     assert g["power_w"] is None and g["temperature"] is None and g["utilization"] == 37.0
 
 
+def test_nvml_v2_memory_excludes_reserved() -> None:
+    fake = fk.FakeNVML([fk.FakeGpu(used=500)], reserved=500)
+    assert probes(nvml=fk.nvml_loader(fake)).capabilities()["gpus"][0]["memory_used"] == 0
+
+
 def test_parse_rocm_smi() -> None:
     rows = parse_rocm_smi(fk.ROCM_TWO_CARDS)
     assert [r["index"] for r in rows] == [0, 1]

@@ -39,7 +39,7 @@ def test_message_types_are_append_only() -> None:
     assert {t.name: int(t) for t in wire.MsgType} == {
         "PING": 1, "ACK": 2, "PING_REQ": 3, "NACK": 4, "ALIVE": 5, "SUSPECT": 6, "DEAD": 7,
         "LEFT": 8, "RECORD": 9, "RECORD_DELTA": 10, "RECORD_REQ": 11, "PUSH_PULL": 12,
-        "USER": 13,
+        "USER": 13, "SYNC": 14,
     }
 
 
