@@ -1,7 +1,7 @@
 """Three hosts in their own network namespaces on a bridge.
 
-They find each other by mDNS alone (no seeds); one host cut off by netem
-100% loss is declared dead by the others and comes back when the link heals.
+They find each other by mDNS alone (no seeds); one host cut off (its link set
+down) is declared dead by the others and comes back when the link heals.
 """
 
 from __future__ import annotations

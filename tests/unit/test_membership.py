@@ -266,3 +266,51 @@ def test_lost_join_is_retried_until_a_reply() -> None:
     net.run_for(CFG.probe_interval)
     net.set_link_loss("n0", "n1", 0.0)
     net.wait_for(net.converged, 3 * CFG.probe_interval)
+
+
+def test_digest_sync_sends_only_what_the_peer_lacks() -> None:
+    def node(nid: str) -> Membership:
+        return Membership(node_id=nid, name=nid, addrs=[f"/sim/{nid}"], config=CFG, now=0.0,
+                          rng=random.Random(nid))
+    a, b = node("a"), node("b")
+    for i in range(300):
+        frame = wire.encode_frame([wire.Alive(f"p{i}", 0, "p", (f"/sim/p{i}",))])
+        a.receive(f"p{i}", frame, 0.0)
+        if i != 7:
+            b.receive(f"p{i}", frame, 0.0)
+    a.drain(), b.drain()
+    a._sync_with("b")  # digest: 2 bytes per member
+    (digest,) = [x for x in a.drain() if isinstance(x, Send)]
+    assert len(digest.payload) < 2 * 302 + 40
+    b.receive("a", digest.payload, 0.1)
+    out = [x for x in b.drain() if isinstance(x, Send)]
+    a_msgs = [m for x in out for m in wire.decode_frame(x.payload).messages]
+    assert any(isinstance(m, wire.Sync) and m.reply for m in a_msgs)
+    sent = {e.node for m in a_msgs if isinstance(m, wire.PushPull) for e in m.states}
+    assert "b" in sent and len(sent) <= 4  # b itself (+ rare 16-bit false mismatches)
+    for x in out:
+        a.receive("b", x.payload, 0.2)
+    back = [m for x in a.drain() if isinstance(x, Send)
+            for m in wire.decode_frame(x.payload).messages]
+    lacks = {e.node for m in back if isinstance(m, wire.PushPull) for e in m.states}
+    assert "p7" in lacks and len(lacks) <= 4
+    assert b.member("p7") is None
+    for x in back:
+        b.receive("a", wire.encode_frame([x]), 0.3)
+    assert b.member("p7") is not None and b.member("a") is not None
+
+
+def test_join_spreads_by_sync_without_gossip_and_v1_peers_get_full_state() -> None:
+    cfg = dataclasses.replace(CFG, join_retransmits=0, push_pull_interval=1000.0)
+    net = SimNet(3)
+    for i in range(8):
+        net.add(f"n{i}", cfg)
+    for i in range(1, 8):
+        net.join(f"n{i}", "n0")
+    net.wait_for(net.converged, 10 * cfg.busy_sync_interval)
+    assert sum(n.m.stats["syncs"] for n in net.nodes.values()) > 0
+    m = net.nodes["n1"].m
+    m._members["n2"].wire_version = 1  # a peer seen writing version 1
+    m._sync_with("n2")
+    sent = [x for x in m.drain() if isinstance(x, Send)]
+    assert [type(msg) for msg in wire.decode_frame(sent[0].payload).messages] == [wire.PushPull]
