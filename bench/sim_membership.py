@@ -11,10 +11,13 @@ Phases per swarm size N:
   steady    30 s measured after 30 s of settling (probes, push-pull, no changes).
   failure   one random node goes silent; time until every other node sees it
             dead.
-Bytes are everything a node sends (probes, acks, gossip, push-pull, records)
-divided by the phase's virtual duration.
+Bytes are everything a node sends (probes, acks, gossip, push-pull, syncs)
+divided by the phase's virtual duration; record bytes (gossiped records and
+pull replies: each node must receive every record once whatever the
+protocol) are shown apart, and so is the busiest node (the seed answers
+every join with the full state).
 
-Run: PYTHONPATH=. .venv/bin/python bench/sim_membership.py [--sizes 100,1000]
+Run: PYTHONPATH=. .venv/bin/python bench/sim_membership.py [--quick | --sizes 100,1000]
 """
 
 from __future__ import annotations
@@ -34,7 +37,13 @@ def peer_id(rng: random.Random) -> str:
 
 
 def bytes_out(net: SimNet) -> int:
-    return sum(n.m.stats["bytes_out"] for n in net.nodes.values() if n.up)
+    """Membership bytes sent by up nodes, records excluded."""
+    return sum(n.m.stats["bytes_out"] - n.m.stats["record_bytes_out"]
+               for n in net.nodes.values() if n.up)
+
+
+def record_bytes(net: SimNet) -> int:
+    return sum(n.m.stats["record_bytes_out"] for n in net.nodes.values() if n.up)
 
 
 def run(n: int, seed: int, join_window: float) -> dict[str, float]:
@@ -46,7 +55,8 @@ def run(n: int, seed: int, join_window: float) -> dict[str, float]:
         rec = {"name": f"node-{i:04d}", "started": 1.7e9 + i, "api": f"10.0.{i // 250}.{i % 250}:4180",
                "load": {"cpu_percent": 12.5, "load_avg": [0.5, 0.4, 0.3], "memory_used": 123456789},
                "draining": False}
-        net.add(nid, cfg, record=rec, name=f"node-{i:04d}")
+        net.add(nid, cfg, record=rec, name=f"node-{i:04d}",
+                addr=f"/ip4/10.{i // 65536}.{i // 256 % 256}.{i % 256}/tcp/4001")
     wall0 = time.perf_counter()
     joins = sorted((rng.uniform(0, join_window), nid) for nid in ids[1:])
     for t, nid in joins:
@@ -73,6 +83,8 @@ def run(n: int, seed: int, join_window: float) -> dict[str, float]:
     conv = net.wait_for(check, 300.0, every=0.25)
     b1 = bytes_out(net)
     join_rate = (b1 - 0) / n / net.now  # from t=0 (joins included) to convergence
+    rec_rate = record_bytes(net) / n / net.now
+    max_rate = max(x.m.stats["bytes_out"] for x in net.nodes.values()) / net.now
     wall_join = time.perf_counter() - wall0
 
     net.run_for(30.0)  # let the join's record gossip die out
@@ -98,6 +110,7 @@ def run(n: int, seed: int, join_window: float) -> dict[str, float]:
     del last_join
     return {
         "n": n, "converge_s": conv, "join_Bps": join_rate, "steady_Bps": steady,
+        "rec_Bps": rec_rate, "max_Bps": max_rate,
         "detect_s": detect, "failure_Bps": fail_rate, "wall_join_s": wall_join,
         "wall_s": wall, "events": net.events,
         "refutations": sum(x.m.stats["refutations"] for x in net.nodes.values()),
@@ -108,18 +121,24 @@ def run(n: int, seed: int, join_window: float) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100,1000")
+    ap.add_argument("--quick", action="store_true", help="100 and 300 nodes (< 1 min)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--join-window", type=float, default=10.0)
     args = ap.parse_args()
-    rows = [run(int(s), args.seed, args.join_window) for s in args.sizes.split(",")]
-    hdr = (f"{'nodes':>6} {'converge s':>10} {'join B/s/node':>14} {'steady B/s/node':>16} "
-           f"{'detect s':>9} {'fail B/s/node':>14} {'refut':>6} {'false dead':>10} "
-           f"{'events':>9} {'wall s':>7}")
-    print(hdr)
-    for r in rows:
-        print(f"{r['n']:>6} {r['converge_s']:>10.2f} {r['join_Bps']:>14.0f} "
-              f"{r['steady_Bps']:>16.0f} {r['detect_s']:>9.2f} {r['failure_Bps']:>14.0f} "
-              f"{r['refutations']:>6} {r['false_dead']:>10} {r['events']:>9} {r['wall_s']:>7.1f}")
+    sizes = "100,300" if args.quick else args.sizes
+    hdr = (f"{'nodes':>6} {'converge s':>10} {'join KB/s':>9} {'records KB/s':>12} "
+           f"{'max KB/s':>8} {'steady KB/s':>11} {'detect s':>8} {'fail KB/s':>9} "
+           f"{'refut':>5} {'false dead':>10} {'events':>9} {'wall s':>7}")
+    print("converge: virtual s after the last join; KB/s: per node, mean (max: busiest node,")
+    print("records included); join: from t=0 to convergence, records apart")
+    print(hdr, flush=True)
+    for s in sizes.split(","):
+        r = run(int(s), args.seed, args.join_window)
+        print(f"{r['n']:>6} {r['converge_s']:>10.2f} {r['join_Bps'] / 1e3:>9.2f} "
+              f"{r['rec_Bps'] / 1e3:>12.2f} {r['max_Bps'] / 1e3:>8.1f} "
+              f"{r['steady_Bps'] / 1e3:>11.2f} {r['detect_s']:>8.2f} "
+              f"{r['failure_Bps'] / 1e3:>9.2f} {r['refutations']:>5} {r['false_dead']:>10} "
+              f"{r['events']:>9} {r['wall_s']:>7.1f}", flush=True)
 
 
 if __name__ == "__main__":

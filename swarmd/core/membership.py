@@ -49,7 +49,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import random
-import sys
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -145,11 +144,11 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 class _Member:
     __slots__ = (
         "node_id", "name", "addrs", "state", "incarnation", "record", "record_version",
-        "state_since", "wire_version", "_entry", "_view", "_fp",
+        "state_since", "wire_version", "_entry", "_view", "_h8", "_dirty",
     )
 
     def __init__(self, node_id: str, name: str, addrs: tuple[str, ...], state: MemberState,
-                 incarnation: int, now: float) -> None:
+                 incarnation: int, now: float, dirty: list[bool]) -> None:
         self.node_id = node_id
         self.name = name
         self.addrs = addrs
@@ -161,19 +160,21 @@ class _Member:
         self.wire_version = 0  # of the last frame it sent us; 0: none yet
         self._entry: bytes | None = None
         self._view: MemberView | None = None
-        self._fp: int | None = None
+        self._h8: bytes | None = None
+        self._dirty = dirty  # shared with Membership: the digest needs rebuilding
+        dirty[0] = True
 
     def changed(self) -> None:
         self._entry = None
         self._view = None
-        self._fp = None
+        self._h8 = None
+        self._dirty[0] = True
 
-    def fp_hash(self) -> int:
-        """64-bit hash of the entry (digest sync fingerprints derive from it)."""
-        if self._fp is None:
-            self._fp = int.from_bytes(hashlib.blake2b(self.entry(), digest_size=8).digest(),
-                                      "big")
-        return self._fp
+    def h8(self) -> bytes:
+        """BLAKE2b-64 of the entry; digest-sync fingerprints are slices of it."""
+        if self._h8 is None:
+            self._h8 = hashlib.blake2b(self.entry(), digest_size=8).digest()
+        return self._h8
 
     def entry(self) -> bytes:
         if self._entry is None:
@@ -223,15 +224,6 @@ _STAT_KEYS = (
     "record_bytes_out",
 )
 
-_M64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-
-
-def _fingerprint(h: int, seed: int) -> int:
-    """16-bit fingerprint of an entry hash under a per-sync seed (a fresh
-    seed makes false matches independent from one sync to the next)."""
-    return (((h ^ seed) * _GOLDEN) & _M64) >> 48
-
 
 
 class Membership:
@@ -261,6 +253,11 @@ class Membership:
         self._rqueue = BroadcastQueue()
         self._awareness = Awareness(config.awareness_max_multiplier)
         self._members: dict[str, _Member] = {}
+        # Digest sync: entry hashes of all members (in _members order),
+        # rebuilt when _dirty[0] is set; fingerprints per window cached.
+        self._dirty = [True]
+        self._digest_members: list[_Member] = []
+        self._digests: dict[int, bytes] = {}
         self._counts = dict.fromkeys(MemberState, 0)
         self._live = IndexedSet()  # alive + suspect, not self
         self._recent_dead: dict[str, float] = {}  # dead member -> since (gossip to the dead)
@@ -275,7 +272,7 @@ class Membership:
         self._joins: dict[str, tuple[str, tuple[str, ...], int, float]] = {}
         self._left = False
         self._leave_at = 0.0
-        me = _Member(node_id, name, tuple(addrs), MemberState.ALIVE, 0, now)
+        me = _Member(node_id, name, tuple(addrs), MemberState.ALIVE, 0, now, self._dirty)
         self._me = me
         self._members[node_id] = me
         self._counts[MemberState.ALIVE] = 1
@@ -604,12 +601,27 @@ class Membership:
         if self._next_sync == float("inf"):
             self._next_sync = now + every * (0.25 + 0.5 * self._rng.random())
 
+    def _fingerprints(self, seed: int) -> bytes:
+        """Bytes ``2w, 2w+1`` (w = seed % 4) of every entry's BLAKE2b-64,
+        concatenated: a fresh window per sync makes false matches (~N/65536)
+        independent from one sync to the next."""
+        if self._dirty[0]:
+            self._dirty[0] = False
+            self._digests.clear()
+            self._digest_members = list(self._members.values())
+        w = seed % 4
+        fps = self._digests.get(w)
+        if fps is None:
+            blob = b"".join([m.h8() for m in self._digest_members])
+            ba = bytearray(2 * len(self._digest_members))
+            ba[0::2] = blob[2 * w::8]
+            ba[1::2] = blob[2 * w + 1::8]
+            fps = self._digests[w] = bytes(ba)
+        return fps
+
     def _digest(self) -> tuple[int, bytes]:
-        seed = self._rng.getrandbits(64)
-        fps = array("H", [_fingerprint(m.fp_hash(), seed) for m in self._members.values()])
-        if sys.byteorder == "little":
-            fps.byteswap()  # big-endian on the wire
-        return seed, fps.tobytes()
+        seed = self._rng.randrange(4)
+        return seed, self._fingerprints(seed)
 
     def _sync_with(self, to: str) -> None:
         """Anti-entropy with one peer: full state to a version-1 peer (it
@@ -624,14 +636,14 @@ class Membership:
         self._send(to, [wire.encode_message(wire.Sync(0, seed, fps))])
 
     def _on_sync(self, sender: str, s: wire.Sync) -> None:
+        # Both sides in the same byte order: native 16-bit compare is fine.
         theirs = array("H")
         theirs.frombytes(s.fps)
-        if sys.byteorder == "little":
-            theirs.byteswap()
-        have = set(theirs)
-        seed = s.seed
-        lack = [m.entry() for m in self._members.values()
-                if _fingerprint(m.fp_hash(), seed) not in have]
+        mine = array("H")
+        mine.frombytes(self._fingerprints(s.seed))
+        missing = set(mine).difference(theirs)
+        lack = [self._digest_members[i].entry() for i, f in enumerate(mine)
+                if f in missing] if missing else []
         if not s.reply:
             my_seed, fps = self._digest()
             self._send(sender, [wire.encode_message(wire.Sync(wire.SYNC_REPLY, my_seed, fps))])
@@ -704,7 +716,9 @@ class Membership:
             self._awareness.apply(1)
         self.stats["probe_failures"] += 1
         m = self._members.get(p.target)
-        if m is not None and m.state is MemberState.ALIVE:
+        if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            # On a suspect this is an independent confirmation (memberlist
+            # probeNode -> suspectNode): it shortens the Lifeguard timeout.
             self._on_suspect(wire.Suspect(p.target, m.incarnation, self.node_id), now)
 
     # ------------------------------------------------------------ handlers
@@ -805,14 +819,14 @@ class Membership:
             return
         m = self._members.get(a.node)
         if m is None:
-            m = _Member(a.node, a.name, a.addrs, MemberState.ALIVE, a.inc, now)
+            m = _Member(a.node, a.name, a.addrs, MemberState.ALIVE, a.inc, now, self._dirty)
             self._members[a.node] = m
             self._counts[MemberState.ALIVE] += 1
             self._live.add(a.node)
             # A random place in the probe order (memberlist does the same).
             self._probe_list.insert(
                 self._rng.randint(self._probe_idx, len(self._probe_list)), a.node)
-            if relay:
+            if relay and self.config.join_retransmits > 0:
                 # A join: digest sync spreads it; gossip only seeds it.
                 self._queue.put(("m", a.node), wire.encode_message(a),
                                 cap=self.config.join_retransmits)
@@ -1055,6 +1069,7 @@ class Membership:
             and m is not self._me
         ]:
             m = self._members.pop(node)
+            self._dirty[0] = True
             self._counts[m.state] -= 1
             self._recent_dead.pop(node, None)
             self._suspicions.pop(node, None)

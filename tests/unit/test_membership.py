@@ -249,7 +249,7 @@ def test_config_profiles_and_validation() -> None:
     lan = PROFILES["lan"]
     assert (lan.probe_interval, lan.probe_timeout, lan.indirect_checks, lan.suspicion_mult,
             lan.gossip_interval, lan.gossip_nodes, lan.push_pull_interval) == (
-        1.0, 0.5, 3, 4, 0.2, 3, 30.0)
+        1.0, 0.5, 3, 3, 0.2, 3, 30.0)
     assert set(PROFILES) == {"lan", "wan", "local"}
     with pytest.raises(ValueError):
         dataclasses.replace(lan, probe_timeout=2.0)
