@@ -1,0 +1,73 @@
+"""Ollama.
+
+Theory of operation (endpoints from ollama/ollama ``server/routes.go`` and
+``api/types.go``): ``GET /`` answers 200 ``Ollama is running``; ``GET
+/api/tags`` lists the models on disk (``{"models": [{"name", "model", "size",
+"digest", "details": {...}}]}``), ``GET /api/ps`` those loaded in memory (same
+entries plus ``expires_at``, ``size_vram``, ``context_length``).  The OpenAI
+routes live under ``/v1`` and take the Ollama model name (``llama3.2:latest``).
+Every model on disk is served (Ollama loads it on first use); ``loaded`` tells
+which ones answer without a load.  Ollama exports no queue figures, so load
+is left to the manager's in-flight count.  Default port: 11434.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import aiohttp
+
+from swarmd.engines.base import (
+    EngineError,
+    ModelInfo,
+    get_json,
+    get_status,
+    get_text,
+    quiet,
+)
+from swarmd.engines.openai_compat import OpenAICompatEngine
+
+
+class OllamaEngine(OpenAICompatEngine):
+    kind: ClassVar[str] = "ollama"
+    default_ports: ClassVar[tuple[int, ...]] = (11434,)
+
+    async def health(self, http: aiohttp.ClientSession) -> bool:
+        status = await get_status(http, self.url_for("/"), headers=self.auth_headers())
+        return 200 <= status < 300
+
+    async def models(self, http: aiohttp.ClientSession) -> list[ModelInfo]:
+        tags = await get_json(http, self.url_for("/api/tags"), headers=self.auth_headers())
+        ps = await quiet(get_json(http, self.url_for("/api/ps"), headers=self.auth_headers()))
+        loaded: dict[str, Mapping[str, Any]] = {}
+        for m in _entries(ps) if ps is not None else []:
+            loaded[m["name"]] = m
+        out = []
+        for m in _entries(tags):
+            name = m["name"]
+            meta: dict[str, Any] = {}
+            for k in ("size", "digest", "details"):
+                if k in m:
+                    meta[k] = m[k]
+            running = loaded.get(name)
+            if running is not None:
+                for k in ("size_vram", "context_length", "expires_at"):
+                    if k in running:
+                        meta[k] = running[k]
+            out.append(ModelInfo(name, loaded=(running is not None) if ps is not None else None,
+                                 meta=MappingProxyType(meta)))
+        return out
+
+    @classmethod
+    async def probe(cls, http: aiohttp.ClientSession, url: str) -> bool:
+        status, text, _ = await quiet(get_text(http, url + "/", wait_s=1.0), (0, "", {}))
+        return status == 200 and text.strip() == "Ollama is running"
+
+
+def _entries(doc: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("models"), list):
+        raise EngineError("ollama model list has no models array")
+    return [m for m in doc["models"]
+            if isinstance(m, Mapping) and isinstance(m.get("name"), str) and m["name"]]

@@ -1,0 +1,348 @@
+"""The engine interface: what swarmd needs from one inference engine.
+
+Theory of operation
+-------------------
+An *engine* is an HTTP server that runs models (llama.cpp, Ollama, vLLM, TGI,
+mlx-lm, a cloud OpenAI-compatible API, the SIMULATED engine, or a plugin's
+kind).  swarmd talks to it in two ways:
+
+- the engine manager (:mod:`swarmd.engines.manager`) polls :meth:`Engine.health`,
+  :meth:`Engine.models` and :meth:`Engine.load` to build the node's gossiped
+  ``engines`` record;
+- the API layer forwards client requests: :meth:`Engine.request` turns an
+  OpenAI route (``/v1/chat/completions``, ``/v1/completions``,
+  ``/v1/embeddings``) plus the client's body and (filtered) headers into the
+  :class:`UpstreamRequest` to send -- full URL, the engine's own
+  authorization, possibly a rewritten model name -- and the API layer streams
+  it with aiohttp (:func:`open_upstream` is the plain version of that).
+
+All calls take the caller's :class:`aiohttp.ClientSession`; an engine object
+holds no connection or task of its own, so creating one is free and has no
+side effects.  ``request`` is on the hot path and is synchronous: it parses
+the body only when a model rename is configured.
+
+URLs: ``spec.url`` may be the server root (``http://127.0.0.1:8080``) or an
+OpenAI base URL ending in ``/v1`` (``https://api.openai.com/v1``); both work.
+:attr:`Engine.root` is the URL without the trailing ``/v1`` and
+:meth:`Engine.url_for` joins a path such as ``/v1/models`` or ``/api/tags``
+onto it.
+
+Options common to every kind (``spec.options``):
+
+- ``rename``: ``{upstream_model_id: public_id}``.  Models are listed under the
+  public id and requests for the public id reach the engine under its own id
+  (e.g. hide llama-server's default id, the GGUF path).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
+
+#: OpenAI routes that engines serve and the API forwards.
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+#: Default timeout for one poll call (health, models, load, probe), seconds.
+POLL_TIMEOUT_S = 2.0
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class EngineError(Exception):
+    """An engine answered something swarmd cannot use (bad status, bad JSON)."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One engine as configured (``[[engines]]``) or as found by detection."""
+
+    kind: str
+    url: str
+    id: str = ""  # empty: f"{kind}-{port}" (see engine_id)
+    #: Models this engine serves.  Literal ids are served as given (no
+    #: discovery needed); ids with glob characters (``*?[``) filter the ids the
+    #: engine reports.  Empty: whatever the engine reports.
+    models: tuple[str, ...] = ()
+    #: Resolved by config from api_key_file / api_key_env; never gossiped or logged.
+    api_key: str = field(default="", repr=False)
+    #: Max concurrent requests, if the user knows (wins over what the engine says).
+    capacity: int | None = None
+    #: Total time allowed for one forwarded request, seconds.
+    timeout_s: float = 600.0
+    options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    #: True when found by local detection rather than configured.
+    detected: bool = False
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        if parts.port is not None:
+            return parts.port
+        return 443 if parts.scheme == "https" else 80
+
+    @property
+    def engine_id(self) -> str:
+        return self.id or f"{self.kind}-{self.port}"
+
+    @classmethod
+    def from_entry(cls, entry: Any) -> EngineSpec:
+        """From a config ``EngineEntry`` (or anything with the same attributes).
+
+        Empty strings and zero mean "not set" there; missing attributes get
+        the defaults here.
+        """
+        if isinstance(entry, EngineSpec):
+            return entry
+        options = getattr(entry, "options", None) or {}
+        timeout = getattr(entry, "timeout_s", None) or 600.0
+        return cls(
+            kind=str(entry.kind),
+            url=str(entry.url),
+            id=getattr(entry, "id", None) or "",
+            models=tuple(getattr(entry, "models", ()) or ()),
+            api_key=getattr(entry, "api_key", None) or "",
+            capacity=getattr(entry, "capacity", None) or None,
+            timeout_s=float(timeout),
+            options=MappingProxyType(dict(options)),
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    loaded: bool | None = None  # None: the engine does not say
+    meta: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """Live load; None = the engine cannot tell (RECORDS.md ``engines[].load``)."""
+
+    running: int | None = None
+    waiting: int | None = None
+    kv_cache: float | None = None  # 0..1
+    capacity: int | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        return {"running": self.running, "waiting": self.waiting,
+                "kv_cache": self.kv_cache, "capacity": self.capacity}
+
+
+@dataclass(frozen=True)
+class UpstreamRequest:
+    """The HTTP request to send to an engine for one client request."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def root_of(url: str) -> str:
+    """``url`` without trailing slashes and without a trailing ``/v1``."""
+    base = url.rstrip("/")
+    if base.endswith("/v1"):
+        base = base[: -len("/v1")]
+    return base
+
+
+class Engine(abc.ABC):
+    """One engine of some kind.  Subclasses set :attr:`kind` and implement the
+    abstract methods; see :class:`swarmd.engines.openai_compat.OpenAICompatEngine`
+    for a ready base for OpenAI-style servers."""
+
+    kind: ClassVar[str]
+    #: Ports probed by local detection (127.0.0.1), in order.
+    default_ports: ClassVar[tuple[int, ...]] = ()
+    #: Lower bound on the manager's poll interval for this kind (a cloud API
+    #: should not be asked for /v1/models every 2 s).
+    min_poll_interval: ClassVar[float] = 0.0
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self.root = root_of(spec.url)
+        rename = spec.options.get("rename") or {}
+        if not isinstance(rename, Mapping):
+            raise ValueError(f"engine {spec.engine_id}: options.rename must be a table")
+        #: upstream id -> public id, and back.
+        self.public_name: dict[str, str] = {str(k): str(v) for k, v in rename.items()}
+        self.upstream_name: dict[str, str] = {v: k for k, v in self.public_name.items()}
+
+    @property
+    def id(self) -> str:
+        return self.spec.engine_id
+
+    def poll_every(self, default: float) -> float:
+        """Seconds between the manager's polls of this engine: ``options.poll_interval``
+        if set, else ``default`` raised to :attr:`min_poll_interval`."""
+        opt = self.spec.options.get("poll_interval")
+        if isinstance(opt, int | float) and not isinstance(opt, bool) and opt > 0:
+            return float(opt)
+        return max(default, self.min_poll_interval)
+
+    def url_for(self, path: str) -> str:
+        return self.root + path
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate swarmd to the engine (default: Bearer key)."""
+        if self.spec.api_key:
+            return {"Authorization": f"Bearer {self.spec.api_key}"}
+        return {}
+
+    # -- polled by the manager -------------------------------------------------
+
+    @abc.abstractmethod
+    async def health(self, http: aiohttp.ClientSession) -> bool:
+        """True when the engine can serve requests now.  May raise on
+        connection errors (the manager counts those as unhealthy)."""
+
+    @abc.abstractmethod
+    async def models(self, http: aiohttp.ClientSession) -> list[ModelInfo]:
+        """Model ids under the engine's own names (the manager applies
+        ``rename`` and the configured model list)."""
+
+    async def load(self, http: aiohttp.ClientSession) -> EngineLoad:
+        """Live load; ``EngineLoad()`` when the engine cannot tell."""
+        return EngineLoad()
+
+    # -- hot path --------------------------------------------------------------
+
+    def request(self, route: str, body: bytes, headers: Mapping[str, str]) -> UpstreamRequest:
+        """The request to send for a client's ``route`` (an OpenAI path).
+
+        ``headers`` are the client's forwarded headers; any Authorization in
+        them is dropped and replaced by the engine's own.
+        """
+        out = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        if not any(k.lower() == "content-type" for k in out):
+            out["Content-Type"] = "application/json"
+        out.update(self.auth_headers())
+        if self.upstream_name:
+            body = rewrite_model(body, self.upstream_name)
+        return UpstreamRequest("POST", self.url_for(self.route_path(route)), out, body)
+
+    def route_path(self, route: str) -> str:
+        """Path on the engine for an OpenAI route (default: the same)."""
+        return route
+
+    # -- detection -------------------------------------------------------------
+
+    @classmethod
+    async def probe(cls, http: aiohttp.ClientSession, url: str) -> bool:
+        """Does an engine of this kind answer at ``url``?  Must be cheap, use
+        short timeouts, and tell this kind apart from the others on the same
+        port.  Default: never (not detectable)."""
+        return False
+
+
+def rewrite_model(body: bytes, mapping: Mapping[str, str]) -> bytes:
+    """Replace the top-level ``model`` of a JSON body by ``mapping[model]``.
+
+    The body is returned unchanged when it is not a JSON object or the model
+    is not in the mapping (the engine then answers as it would).
+    """
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(doc, dict):
+        return body
+    model = doc.get("model")
+    if not isinstance(model, str) or model not in mapping:
+        return body
+    doc["model"] = mapping[model]
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# -- small HTTP helpers shared by plugins ------------------------------------------
+
+
+async def get_json(http: aiohttp.ClientSession, url: str, *,
+                   headers: Mapping[str, str] | None = None,
+                   wait_s: float = POLL_TIMEOUT_S) -> Any:
+    """GET ``url`` and decode JSON; EngineError on a non-2xx status or bad JSON.
+    Connection errors and timeouts propagate (aiohttp.ClientError, TimeoutError)."""
+    async with asyncio.timeout(wait_s):
+        async with http.get(url, headers=headers, allow_redirects=False) as resp:
+            raw = await resp.read()
+            if not 200 <= resp.status < 300:
+                raise EngineError(f"GET {url}: HTTP {resp.status}")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise EngineError(f"GET {url}: not JSON") from None
+
+
+async def get_text(http: aiohttp.ClientSession, url: str, *,
+                   headers: Mapping[str, str] | None = None,
+                   wait_s: float = POLL_TIMEOUT_S) -> tuple[int, str, Mapping[str, str]]:
+    """GET ``url``: (status, body text, response headers); never raises on status."""
+    async with asyncio.timeout(wait_s):
+        async with http.get(url, headers=headers, allow_redirects=False) as resp:
+            raw = await resp.read()
+            return resp.status, raw.decode("utf-8", "replace"), dict(resp.headers)
+
+
+async def get_status(http: aiohttp.ClientSession, url: str, *,
+                     headers: Mapping[str, str] | None = None,
+                     wait_s: float = POLL_TIMEOUT_S) -> int:
+    async with asyncio.timeout(wait_s):
+        async with http.get(url, headers=headers, allow_redirects=False) as resp:
+            await resp.read()
+            return resp.status
+
+
+async def quiet(coro: Any, default: Any = None) -> Any:
+    """Await ``coro``; on a connection error, timeout or EngineError give ``default``.
+    For probes, where every failure just means "not this kind"."""
+    try:
+        return await coro
+    except (aiohttp.ClientError, OSError, TimeoutError, EngineError, ValueError):
+        return default
+
+
+def openai_model_list(doc: Any) -> list[ModelInfo]:
+    """Parse an OpenAI ``GET /v1/models`` answer (``{"object":"list","data":[...]}``).
+
+    Entries without a string ``id`` are skipped; the other fields go to meta.
+    """
+    if not isinstance(doc, Mapping):
+        raise EngineError("model list is not a JSON object")
+    data = doc.get("data")
+    if not isinstance(data, list):
+        raise EngineError("model list has no data array")
+    out: list[ModelInfo] = []
+    for item in data:
+        if isinstance(item, Mapping) and isinstance(item.get("id"), str) and item["id"]:
+            meta = {k: v for k, v in item.items() if k != "id"}
+            out.append(ModelInfo(item["id"], meta=MappingProxyType(meta)))
+    return out
+
+
+async def open_upstream(http: aiohttp.ClientSession, engine: Engine, route: str, body: bytes,
+                        headers: Mapping[str, str],
+                        timeout: float | None = None,  # noqa: ASYNC109 (aiohttp's own)
+                        ) -> aiohttp.ClientResponse:
+    """Send one client request to ``engine`` and return the response once its
+    head arrived (the caller reads the body and releases/closes it).
+
+    ``timeout`` is the total for the whole exchange (default
+    ``engine.spec.timeout_s``).  Bytes are relayed as the engine sent them
+    (no decompression is asked for).
+    """
+    up = engine.request(route, body, headers)
+    send = dict(up.headers)
+    send.setdefault("Accept-Encoding", "identity")
+    total = engine.spec.timeout_s if timeout is None else timeout
+    return await http.request(
+        up.method, up.url, data=up.body, headers=send, allow_redirects=False,
+        timeout=aiohttp.ClientTimeout(total=total),
+    )
