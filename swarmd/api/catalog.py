@@ -1,8 +1,12 @@
 """The swarm's models and engines as the API sees them, read from a snapshot.
 
 Gossiped records are untrusted input: an engine entry that is not a dict, has
-no string ``id`` or a non-list ``models`` is skipped, never fatal.  Only
-alive nodes count; a draining node's engines are listed but not routed to.
+no string ``id`` or a non-list ``models`` is skipped, never fatal.  Alive
+nodes count, and suspect ones too: SWIM's "suspect" means "maybe dead", and
+dropping a busy node's models the moment one probe is late turned requests
+into 404s under load (bench/proxy_compare.py).  A suspect node's engines are
+routed to only when no alive node has the model; a draining node's engines
+are listed but not routed to.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ class EngineView:
     load: EngineLoad
     is_local: bool
     draining: bool
+    suspect: bool = False
 
 
 def engines_of(snap: Snapshot) -> Iterator[EngineView]:
     for node in snap.nodes:
-        if node.state != "alive" and not node.is_self:
+        if node.state not in ("alive", "suspect") and not node.is_self:
             continue
         rec = node.record if isinstance(node.record, Mapping) else {}
         engines = rec.get("engines")
@@ -52,11 +57,14 @@ def engines_of(snap: Snapshot) -> Iterator[EngineView]:
                 load=EngineLoad.from_record(e.get("load")),
                 is_local=node.is_self,
                 draining=draining,
+                suspect=node.state == "suspect",
             )
 
 
 def candidates(snap: Snapshot, model: str, *, remote_ok: bool = True) -> list[Candidate]:
-    """Every engine in the swarm that lists ``model``."""
+    """Every engine in the swarm that lists ``model`` (suspect nodes: fallback)."""
+    views = [e for e in engines_of(snap) if model in e.models and (remote_ok or e.is_local)]
+    preferred = [e for e in views if not e.suspect] or views
     return [
         Candidate(
             target=Target(e.node_id, e.engine_id),
@@ -66,8 +74,7 @@ def candidates(snap: Snapshot, model: str, *, remote_ok: bool = True) -> list[Ca
             draining=e.draining,
             load=e.load,
         )
-        for e in engines_of(snap)
-        if model in e.models and (remote_ok or e.is_local)
+        for e in preferred
     ]
 
 

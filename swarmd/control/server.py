@@ -57,7 +57,7 @@ class ControlProvider(Protocol):
 
 
 def error_response(status: int, message: str, type_: str, code: str | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": type_, "code": code}}
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
     return web.json_response(body, status=status)
 
 
@@ -99,6 +99,12 @@ class ControlServer:
                 os.unlink(self.path)
 
 
+def _log_late_failure(task: asyncio.Task[None]) -> None:
+    """A leave that fails after we answered: the caller is gone, so log it."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("leave failed after the reply was sent", exc_info=task.exception())
+
+
 class _Handlers:
     def __init__(self, provider: ControlProvider, registry: CollectorRegistry | None) -> None:
         self.provider = provider
@@ -126,6 +132,8 @@ class _Handlers:
         done, _ = await asyncio.wait({task}, timeout=LEAVE_WAIT_S)
         if done:
             task.result()  # raises into the middleware on failure
+        else:
+            task.add_done_callback(_log_late_failure)
         return web.json_response({"ok": True, "leaving": True})
 
     async def drain(self, request: web.Request) -> web.Response:

@@ -61,7 +61,11 @@ def os_info() -> dict[str, Any]:
 
 
 def interfaces() -> list[dict[str, Any]]:
-    """Non-loopback interfaces with at least one IP address."""
+    """Interfaces with at least one non-loopback IP address, and whether each is up."""
+    try:
+        stats = psutil.net_if_stats()
+    except Exception:  # some containers hide /sys/class/net details
+        stats = {}
     out: list[dict[str, Any]] = []
     for name, addrs in sorted(psutil.net_if_addrs().items()):
         ips: list[str] = []
@@ -76,7 +80,8 @@ def interfaces() -> list[dict[str, Any]]:
                 continue
             ips.append(text)
         if ips:
-            out.append({"name": name, "addrs": ips})
+            st = stats.get(name)
+            out.append({"name": name, "addrs": ips, "up": bool(st.isup) if st else None})
     return out
 
 

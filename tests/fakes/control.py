@@ -70,6 +70,8 @@ class FakeProvider:
         self.left = 0
         self.drained: list[bool] = []
         self.fail: str | None = None  # make every call raise RuntimeError(fail)
+        self.leave_delay = 0.0  # seconds leave() takes
+        self.leave_error: str | None = None  # leave() raises RuntimeError after the delay
 
     def _check(self) -> None:
         if self.fail:
@@ -81,6 +83,10 @@ class FakeProvider:
 
     async def leave(self) -> None:
         self._check()
+        if self.leave_delay:
+            await asyncio.sleep(self.leave_delay)
+        if self.leave_error:
+            raise RuntimeError(self.leave_error)
         self.left += 1
 
     def join_line(self) -> str:

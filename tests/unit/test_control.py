@@ -82,7 +82,7 @@ def test_malformed_drain_body_is_400(served: tuple, body: bytes) -> None:
     doc = json.loads(resp.read())
     conn.close()
     assert resp.status == 400
-    assert set(doc["error"]) == {"message", "type", "code"}
+    assert set(doc["error"]) == {"message", "type", "param", "code"}
     assert doc["error"]["type"] == "invalid_request_error"
     assert provider.drained == []
 
@@ -181,3 +181,25 @@ def test_oversized_body_is_413_json(served: tuple) -> None:
     conn.close()
     assert resp.status == 413 and doc["error"]["type"] == "invalid_request_error"
     assert provider.drained == []
+
+
+def test_slow_leave_answers_then_logs_late_failure(
+    served: tuple, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    from swarmd.control import server
+
+    client, provider, _ = served
+    monkeypatch.setattr(server, "LEAVE_WAIT_S", 0.05)
+    provider.leave_delay = 0.2
+    provider.leave_error = "peers unreachable"
+    t0 = time.perf_counter()
+    with caplog.at_level("ERROR", logger="swarmd.control"):
+        assert client.leave() == {"ok": True, "leaving": True}
+        assert time.perf_counter() - t0 < 0.18  # answered before leave() finished
+        deadline = time.monotonic() + 5
+        while not any("leave failed" in r.message for r in caplog.records):
+            assert time.monotonic() < deadline, "late leave failure was not logged"
+            time.sleep(0.02)
+    assert "peers unreachable" in caplog.text

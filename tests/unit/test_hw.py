@@ -184,7 +184,7 @@ def test_real_machine_capabilities_are_sane(tmp_path: Path) -> None:
     assert caps["disk"]["total"] > 0
     assert caps["os"]["system"]
     for iface in caps["interfaces"]:
-        assert iface["name"] != "lo" and iface["addrs"]
+        assert iface["name"] != "lo" and iface["addrs"] and iface["up"] in (True, False, None)
         assert "127.0.0.1" not in iface["addrs"] and "::1" not in iface["addrs"]
     assert isinstance(caps["gpus"], list) and isinstance(caps["gpu_note"], str)
     if not caps["gpus"]:
