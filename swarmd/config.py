@@ -83,6 +83,12 @@ class NodeSection:
     #: Directory for ``identity.key`` (Ed25519, mode 0600), ``swarm.secret``
     #: and other state.  Created on start.
     data_dir: Path = field(default_factory=default_data_dir)
+    #: Seconds a graceful stop (SIGTERM, ``swarmctl leave``) may take before
+    #: the process exits anyway, status 1, with a log line saying so.  Covers
+    #: the leave gossip (~1 s), closing listeners and engines' sessions (5 s
+    #: each at most); 10 s is under the shipped unit's TimeoutStopSec=15, so
+    #: the daemon, not systemd's SIGKILL, decides how it ends.
+    stop_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

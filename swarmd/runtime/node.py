@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -375,6 +377,7 @@ class Node:
             if self.cfg.p2p.mdns:
                 nursery.start_soon(self._discovery)
             await self._stop.wait()
+            _arm_stop_watchdog(self.cfg.node.stop_timeout)
             await self._leave()
             await trio.to_thread.run_sync(http.stop)
             nursery.cancel_scope.cancel()
@@ -391,6 +394,25 @@ class Node:
                 self._tick()
                 await trio.sleep(0.05)
         log.info("left the swarm")
+
+
+def _arm_stop_watchdog(seconds: float) -> None:
+    """Exit the process if a graceful stop has not finished in ``seconds``.
+
+    Defence in depth: a stop that hangs (a library task that ignores
+    cancellation, an engine session that never closes) must not leave a
+    daemon that ignores SIGTERM.
+    """
+
+    def _expire() -> None:
+        log.error("graceful stop took longer than node.stop_timeout; exiting",
+                  extra=kv(stop_timeout=seconds))
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, _expire)
+    timer.daemon = True
+    timer.start()
 
 
 def run_node(cfg: Config) -> int:

@@ -420,6 +420,12 @@ class P2PNode:
                     except Exception:
                         pass
             st.running = False
+            # Respawn only while the node runs: a sender cancelled by shutdown
+            # that respawned itself would spin forever in the cancelled
+            # nursery and the process would never exit.
+            stopping = trio.current_effective_deadline() == -math.inf
+            if stopping:
+                self._drop_queue(st, "dropped_not_running")
             if st.queue and not st.closed and self._nursery is not None:
                 st.running = True
                 self._nursery.start_soon(self._sender, st)

@@ -298,3 +298,21 @@ async def test_seed_address_taken_over_by_new_identity() -> None:
                 assert ic.frames[0] == (a.peer_id, b"to whoever is there")
                 assert c.peer_id != b.peer_id
         n.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_shutdown_with_queued_frames_returns_promptly() -> None:
+    """Regression: a sender cancelled by shutdown with frames still queued used
+    to respawn itself in the cancelled nursery, spinning forever (CI saw
+    SIGTERM hang a daemon)."""
+    ghost = Identity.generate().peer_id
+    addrs = ("/ip4/127.0.0.1/tcp/9/p2p/" + ghost,)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as n:
+            async with running(n) as (a, _, scope):
+                for i in range(3):
+                    a.send(ghost, addrs, b"frame %d" % i)
+                scope.cancel()
+            # `running` exits once the cancel is requested; the nursery waits
+            # for node.run to return, which must happen now, not never.
+    assert a.stats["dropped_not_running"] >= 1
