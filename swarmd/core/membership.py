@@ -220,7 +220,7 @@ _STAT_KEYS = (
     "msgs_in", "msgs_out", "bytes_in", "bytes_out", "dropped_malformed", "dropped_unknown",
     "dropped_misdirected", "probes", "probe_failures", "indirect_probes", "relayed_pings",
     "nacks_sent", "suspicions", "deaths", "refutations", "push_pulls", "record_pulls",
-    "records_applied", "user_in", "gossip_frames", "reaped", "syncs",
+    "records_applied", "user_in", "gossip_frames", "reaped", "syncs", "probe_hints",
     "record_bytes_out",
 )
 
@@ -266,6 +266,7 @@ class Membership:
         self._probe: _Probe | None = None
         self._probe_list: list[str] = []
         self._probe_idx = 0
+        self._hinted: dict[str, float] = {}  # member -> when last hinted unreachable
         self._seq = rng.randrange(1 << 30)
         self._user_seen: dict[int, float] = {}
         self._pulling: dict[str, float] = {}
@@ -438,6 +439,35 @@ class Membership:
         me.incarnation += 1
         me.changed()
         self._queue_alive(me)
+
+    def hint_unreachable(self, node_id: str, now: float) -> None:
+        """The transport lost its connection to ``node_id``: probe it next.
+
+        A crashed process's peers see its connections reset at once; probing
+        it now, instead of whenever the shuffled round reaches it (up to
+        N-1 intervals), lets every survivor suspect it within about one probe
+        interval, so confirmations come quickly and the suspicion timeout
+        shrinks to its minimum.  Only the probe order changes: a member is
+        still declared dead only after failed direct and indirect probes and
+        the suspicion timeout, so a spurious disconnect costs one probe.  At
+        most one hint per member per ``probe_interval``.
+        """
+        if self._left or node_id not in self._live:
+            return
+        last = self._hinted.get(node_id)
+        if last is not None and now - last < self.config.probe_interval:
+            return
+        self._hinted[node_id] = now
+        self.stats["probe_hints"] += 1
+        p = self._probe
+        if p is not None and p.target == node_id:
+            return
+        rest = self._probe_list[self._probe_idx:]
+        if node_id in rest:
+            del self._probe_list[self._probe_idx + rest.index(node_id)]
+        self._probe_list.insert(self._probe_idx, node_id)
+        if p is None:
+            self._next_probe = min(self._next_probe, now)
 
     def broadcast(self, key: str, payload: bytes) -> None:
         """Gossip ``payload`` to every node; replaces our queued one with the same key."""
@@ -1083,3 +1113,7 @@ class Membership:
                 del self._user_seen[mid]
         for node in [n for n, t in self._pulling.items() if now - t >= 10.0]:
             del self._pulling[node]
+        if self._hinted:
+            for node in [n for n, t in self._hinted.items()
+                         if now - t >= self.config.probe_interval]:
+                del self._hinted[node]

@@ -66,6 +66,7 @@ class Node:
             listen=list(cfg.p2p.listen),
             secret=secret,
             on_frame=self._on_frame,
+            on_lost=self._on_peer_lost,
         )
         self.membership: Membership | None = None
         self.lease: CoordinatorLease | None = None
@@ -122,6 +123,12 @@ class Node:
         if self.membership is None:
             return
         self.membership.receive(sender, frame, self._now())
+        self._after_input()
+
+    def _on_peer_lost(self, peer_id: str) -> None:
+        if self.membership is None or self._stop.is_set():
+            return
+        self.membership.hint_unreachable(peer_id, self._now())
         self._after_input()
 
     def _after_input(self) -> None:

@@ -164,6 +164,7 @@ class P2PNode:
         secret: bytes,
         on_frame: Callable[[str, bytes], None],
         on_admitted: Callable[[str, tuple[str, ...]], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
         max_frame: int = 1 << 20,
         queue_max: int = QUEUE_MAX,
         timeouts: Timeouts | None = None,
@@ -175,6 +176,8 @@ class P2PNode:
         self.swarm_id = admission.swarm_id(secret)
         self.on_frame = on_frame
         self.on_admitted = on_admitted
+        #: Called with a peer id when the last connection to an admitted peer closed.
+        self.on_lost = on_lost
         self.max_frame = max_frame
         self.queue_max = queue_max
         self.timeouts = timeouts or Timeouts()
@@ -810,7 +813,13 @@ class P2PNode:
                 others = []
             if others:
                 return
+        was_admitted = peer_id in self._admitted
         self._admitted.discard(peer_id)
+        if was_admitted and self.on_lost is not None:
+            try:
+                self.on_lost(peer_id)
+            except Exception:
+                log.exception("on_lost callback failed")
         st = self._peers.get(peer_id)
         if st is not None and st.stream is not None:
             stream, st.stream = st.stream, None

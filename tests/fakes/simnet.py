@@ -107,6 +107,12 @@ class SimNet:
         """The node goes silent: no ticks, every frame to or from it is lost."""
         self.nodes[node_id].up = False
 
+    def connection_lost(self, node_id: str, peer: str) -> None:
+        """The transport tells ``node_id`` its connection to ``peer`` closed."""
+        node = self.nodes[node_id]
+        node.m.hint_unreachable(peer, self.now)
+        self._after(node)
+
     def restart(self, node_id: str, config: MembershipConfig, *,
                 record: Mapping[str, Any] | None = None,
                 lease: LeaseConfig | None = None) -> SimNode:

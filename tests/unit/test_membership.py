@@ -109,6 +109,52 @@ def test_silent_node_goes_suspect_then_dead_within_bound() -> None:
     assert any(MemberState.SUSPECT in changes(net, o, "n2") for o in ("n0", "n1", "n3", "n4"))
 
 
+def test_connection_loss_hint_speeds_detection_of_a_crash() -> None:
+    lo, _ = suspicion_timeouts(CFG.suspicion_mult, CFG.suspicion_max_timeout_mult, 5,
+                               CFG.probe_interval)
+    survivors = ("n0", "n1", "n3", "n4")
+
+    def detect(seed: int, hint: bool) -> float:
+        net = cluster(5, seed)
+        net.kill("n2")
+        if hint:  # a crashed process: every peer sees its connection reset
+            for obs in survivors:
+                net.connection_lost(obs, "n2")
+        took = net.wait_for(lambda: net.all_see("n2", MemberState.DEAD), 30.0)
+        if hint:
+            assert all(net.nodes[o].m.stats["probe_hints"] == 1 for o in survivors)
+        return took
+
+    hinted = [detect(s, True) for s in range(8)]
+    plain = [detect(s, False) for s in range(8)]
+    # Every survivor probes at once, so each suspects within one interval and
+    # the confirmations bring the timeout to its minimum.
+    bound = lo + 2 * CFG.probe_interval + 10 * CFG.gossip_interval
+    assert all(lo <= t <= bound for t in hinted), hinted
+    assert sorted(hinted)[4] < sorted(plain)[4]
+
+
+def test_connection_loss_hint_on_a_healthy_member_costs_one_probe() -> None:
+    net = cluster(5)
+    m = net.nodes["n0"].m
+    probes = m.stats["probes"]
+    net.connection_lost("n0", "n2")
+    net.connection_lost("n0", "n2")  # within probe_interval: ignored
+    net.connection_lost("n0", "gone")  # not a member: ignored
+    assert m.stats["probe_hints"] == 1
+    targets = []
+    for _ in range(21):  # the probe in flight (if any) ends, then n2 is next
+        net.run_for(CFG.probe_interval / 20)
+        p = m._probe
+        if p is not None and (not targets or targets[-1] != p.target):
+            targets.append(p.target)
+    assert "n2" in targets[:2] and m.stats["probes"] <= probes + 2
+    net.run_for(10 * CFG.probe_interval)
+    assert all(c.new is MemberState.ALIVE for c in net.nodes["n0"].changes
+               if c.node_id == "n2")
+    assert net.all_see("n2", MemberState.ALIVE)
+
+
 def test_graceful_leave_is_left_not_dead() -> None:
     net = cluster(5)
     n4 = net.nodes["n4"].m
