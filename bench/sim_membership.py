@@ -23,6 +23,7 @@ Run: PYTHONPATH=. .venv/bin/python bench/sim_membership.py [--quick | --sizes 10
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import time
 
@@ -37,17 +38,24 @@ def peer_id(rng: random.Random) -> str:
 
 
 def bytes_out(net: SimNet) -> int:
-    """Membership bytes sent by up nodes, records excluded."""
-    return sum(n.m.stats["bytes_out"] - n.m.stats["record_bytes_out"]
-               for n in net.nodes.values() if n.up)
+    """Bytes sent by up nodes as they went on the wire (records included,
+    after compression)."""
+    return sum(n.m.stats["bytes_out"] for n in net.nodes.values() if n.up)
 
 
 def record_bytes(net: SimNet) -> int:
+    """Record payload bytes (gossiped records and pull replies) before compression."""
     return sum(n.m.stats["record_bytes_out"] for n in net.nodes.values() if n.up)
 
 
-def run(n: int, seed: int, join_window: float) -> dict[str, float]:
+def saved_bytes(net: SimNet) -> int:
+    return sum(n.m.stats["compress_saved_bytes"] for n in net.nodes.values() if n.up)
+
+
+def run(n: int, seed: int, join_window: float, compress: bool = True) -> dict[str, float]:
     cfg = PROFILES["lan"]
+    if not compress:
+        cfg = dataclasses.replace(cfg, compress_min_bytes=0)
     rng = random.Random(seed)
     net = SimNet(seed, delay=0.002, jitter=0.003, loss=0.01, keep_changes=False)
     ids = [peer_id(rng) for _ in range(n)]
@@ -84,6 +92,7 @@ def run(n: int, seed: int, join_window: float) -> dict[str, float]:
     b1 = bytes_out(net)
     join_rate = (b1 - 0) / n / net.now  # from t=0 (joins included) to convergence
     rec_rate = record_bytes(net) / n / net.now
+    saved = saved_bytes(net) / max(1, b1 + saved_bytes(net))
     max_rate = max(x.m.stats["bytes_out"] for x in net.nodes.values()) / net.now
     wall_join = time.perf_counter() - wall0
 
@@ -110,7 +119,7 @@ def run(n: int, seed: int, join_window: float) -> dict[str, float]:
     del last_join
     return {
         "n": n, "converge_s": conv, "join_Bps": join_rate, "steady_Bps": steady,
-        "rec_Bps": rec_rate, "max_Bps": max_rate,
+        "rec_Bps": rec_rate, "max_Bps": max_rate, "saved": saved, "compress": compress,
         "detect_s": detect, "failure_Bps": fail_rate, "wall_join_s": wall_join,
         "wall_s": wall, "events": net.events,
         "refutations": sum(x.m.stats["refutations"] for x in net.nodes.values()),
@@ -124,18 +133,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="100 and 300 nodes (< 1 min)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--join-window", type=float, default=10.0)
+    ap.add_argument("--compression", choices=("on", "off", "both"), default="on",
+                    help="membership frame compression (both: each size twice, side by side)")
     args = ap.parse_args()
     sizes = "100,300" if args.quick else args.sizes
-    hdr = (f"{'nodes':>6} {'converge s':>10} {'join KB/s':>9} {'records KB/s':>12} "
-           f"{'max KB/s':>8} {'steady KB/s':>11} {'detect s':>8} {'fail KB/s':>9} "
-           f"{'refut':>5} {'false dead':>10} {'events':>9} {'wall s':>7}")
-    print("converge: virtual s after the last join; KB/s: per node, mean (max: busiest node,")
-    print("records included); join: from t=0 to convergence, records apart")
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.compression]
+    hdr = (f"{'nodes':>6} {'zlib':>4} {'converge s':>10} {'join KB/s':>9} {'saved':>5} "
+           f"{'rec KB/s':>8} {'max KB/s':>8} {'steady KB/s':>11} {'detect s':>8} "
+           f"{'fail KB/s':>9} {'refut':>5} {'false dead':>10} {'events':>9} {'wall s':>7}")
+    print("converge: virtual s after the last join; KB/s: sent per node, mean, as on the wire")
+    print("(records included, compressed); join: from t=0 to convergence; saved: share")
+    print("compression saved; rec: record payload before compression; max: busiest node")
     print(hdr, flush=True)
-    for s in sizes.split(","):
-        r = run(int(s), args.seed, args.join_window)
-        print(f"{r['n']:>6} {r['converge_s']:>10.2f} {r['join_Bps'] / 1e3:>9.2f} "
-              f"{r['rec_Bps'] / 1e3:>12.2f} {r['max_Bps'] / 1e3:>8.1f} "
+    for s, comp in [(s, c) for s in sizes.split(",") for c in modes]:
+        r = run(int(s), args.seed, args.join_window, comp)
+        print(f"{r['n']:>6} {'on' if comp else 'off':>4} {r['converge_s']:>10.2f} "
+              f"{r['join_Bps'] / 1e3:>9.2f} {100 * r['saved']:>4.0f}% "
+              f"{r['rec_Bps'] / 1e3:>8.2f} {r['max_Bps'] / 1e3:>8.1f} "
               f"{r['steady_Bps'] / 1e3:>11.2f} {r['detect_s']:>8.2f} "
               f"{r['failure_Bps'] / 1e3:>9.2f} {r['refutations']:>5} {r['false_dead']:>10} "
               f"{r['events']:>9} {r['wall_s']:>7.1f}", flush=True)

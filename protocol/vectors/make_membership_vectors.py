@@ -7,7 +7,10 @@ Tests compare the codec against the committed file, never against this script.
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
+
+import msgpack
 
 from swarmd.core import wire
 
@@ -58,7 +61,34 @@ def main() -> None:
     out.append({"name": "forward_compat_v2", "hex": fwd.hex(),
                 "decoded": {"version": 2, "messages": [{"type": "Ack", "seq": 7}],
                             "unknown": 1}})
+    # COMPRESSED (version 3): a ping and a record inside one deflate body.
+    # Not re-encoded by the tests: another zlib may compress differently.
+    inner = [wire.Ping(9, ID_B), wire.Record(ID_A, 2, {"name": "a", "engines": []}, False)]
+    comp = wire.compressed_frame([wire.encode_message(m) for m in inner])
+    out.append({"name": "compressed_deflate", "hex": comp.hex(), "reencode": False,
+                "decoded": {"version": wire.WIRE_VERSION,
+                            "messages": [wire.describe(m) for m in inner]}})
+    # An algorithm this reader does not know: skipped as one unknown message.
+    unk = msgpack.packb([3, [15, 99, b"??"], [2, 5]])
+    out.append({"name": "compressed_unknown_algorithm", "hex": unk.hex(), "reencode": False,
+                "decoded": {"version": 3, "messages": [{"type": "Ack", "seq": 5}],
+                            "unknown": 1}})
+
+    def cframe(body: bytes) -> str:
+        return str(msgpack.packb([3, [15, 1, body]]).hex())
+
     bad = {
+        "compressed_bomb": cframe(zlib.compress(
+            msgpack.packb([[2, 1]]) + msgpack.packb(bytes(300_000)), 9)),
+        "compressed_inflates_past_limit": cframe(zlib.compress(
+            msgpack.packb([[13, ID_A, "k", 1, bytes(250_000)]]), 9)),
+        "compressed_nested": cframe(zlib.compress(msgpack.packb(
+            [[15, 1, zlib.compress(msgpack.packb([[2, 1]]))]]))),
+        "compressed_truncated": cframe(zlib.compress(msgpack.packb([[2, 1]]))[:-3]),
+        "compressed_trailing_data": cframe(zlib.compress(msgpack.packb([[2, 1]])) + b"x"),
+        "compressed_not_deflate": cframe(b"not deflate at all"),
+        "compressed_body_not_array": cframe(zlib.compress(msgpack.packb({"a": 1}))),
+        "compressed_data_not_bytes": str(msgpack.packb([3, [15, 1, "text"]]).hex()),
         "empty": "",
         "not_array": "a3616263",
         "empty_array": "90",

@@ -11,6 +11,8 @@ Runs in the daemon's asyncio thread.  Routes:
 - ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``:
   :class:`swarmd.api.proxy.Proxy`.
 - ``GET /health``: liveness (200 while the server answers).
+- ``GET /metrics``: Prometheus text (:mod:`swarmd.metrics`), when the
+  daemon passes a registry.
 - ``GET /ready``: 200 once the node has published a snapshot (the trio side
   is up and membership running), else 503; the body carries counts
   (nodes alive, local and swarm engines, models) and ``joined``.
@@ -27,6 +29,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -38,6 +41,11 @@ from swarmd.api.upstream import LocalEngines, LocalUpstream
 from swarmd.config import ApiSection, RoutingSection, parse_hostport
 from swarmd.core.routing import Router, RouterConfig
 from swarmd.runtime.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from swarmd.metrics import RequestMetrics
 
 log = logging.getLogger("swarmd.api")
 
@@ -55,6 +63,8 @@ class ApiDeps:
     remote: Forwarder | None = None  # forwarding to other nodes (BridgedForwarder)
     router: Router | None = None  # default: one built from `routing`
     session: aiohttp.ClientSession | None = None  # default: created on startup
+    registry: CollectorRegistry | None = None  # served at GET /metrics when set
+    metrics: RequestMetrics | None = None  # per-request series the proxy observes
 
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
@@ -103,6 +113,16 @@ async def _model(request: web.Request) -> web.Response:
     return web.json_response(objs[mid])
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    registry = request.app[DEPS_KEY].registry
+    assert registry is not None
+    resp = web.Response(body=generate_latest(registry))
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
 async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -132,6 +152,7 @@ def create_app(deps: ApiDeps) -> web.Application:
     deps.router = router
     proxy = Proxy(api=deps.api, routing=deps.routing, snapshot=deps.snapshot, router=router,
                   local=None, remote=deps.remote)
+    proxy.metrics = deps.metrics
     app[PROXY_KEY] = proxy
 
     async def _session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
@@ -148,6 +169,8 @@ def create_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/v1/models/{id:.+}", _model)
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
+    if deps.registry is not None:
+        app.router.add_get("/metrics", _metrics)
     for path in PROXY_ROUTES:
         app.router.add_post(path, proxy.handle)
     return app

@@ -40,7 +40,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -58,6 +58,9 @@ from swarmd.api.validate import ParsedRequest, parse_request
 from swarmd.config import ApiSection, RoutingSection
 from swarmd.core.routing import RequestFeatures, Router, Target, affinity_key
 from swarmd.runtime.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from swarmd.metrics import RequestMetrics
 
 log = logging.getLogger("swarmd.api")
 
@@ -110,6 +113,8 @@ class Proxy:
         self.local = local
         self.remote = remote
         self.stats = ProxyStats()
+        #: Per-request Prometheus series (swarmd.metrics); None: not observed.
+        self.metrics: RequestMetrics | None = None
 
     # -- request intake ------------------------------------------------------------
 
@@ -128,18 +133,29 @@ class Proxy:
         route = request.path
         rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         self.stats.requests += 1
+        t0 = time.monotonic()
+        status = 499  # the client went away (nginx's convention)
         try:
             raw = await self._read_body(request)
             parsed = parse_request(route, raw, self.routing.aliases)
-            return await self._serve(request, parsed, rid)
+            resp = await self._serve(request, parsed, rid, t0)
+            status = resp.status
+            return resp
         except ApiError as err:
             self.stats.count_error(err.code or str(err.status))
+            status = err.status
             return err.response({"X-Request-Id": rid})
+        except Exception:
+            status = 500
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.finished(route, status, time.monotonic() - t0)
 
     # -- routing and attempts ----------------------------------------------------------
 
     async def _serve(self, request: web.Request, p: ParsedRequest,
-                     rid: str) -> web.StreamResponse:
+                     rid: str, t0: float) -> web.StreamResponse:
         snap = self.snapshot()
         if not catalog.known_model(snap, p.model):
             raise ApiError(
@@ -191,6 +207,8 @@ class Proxy:
                 if up is not None:
                     await up.aclose()
                 raise
+            if self.metrics is not None:
+                self.metrics.first_byte(p.route, time.monotonic() - t0)
             try:
                 return await self._relay(request, up, first, target, started, rid)
             finally:

@@ -221,6 +221,7 @@ _STAT_KEYS = (
     "dropped_misdirected", "probes", "probe_failures", "indirect_probes", "relayed_pings",
     "nacks_sent", "suspicions", "deaths", "refutations", "push_pulls", "record_pulls",
     "records_applied", "user_in", "gossip_frames", "reaped", "syncs", "probe_hints",
+    "compressed_frames", "compress_saved_bytes",
     "record_bytes_out",
 )
 
@@ -548,7 +549,21 @@ class Membership:
             room = self.config.gossip_packet_bytes - used
             if room > 16:
                 msgs = msgs + self._take(room, self._limit())
-        self._emit(to, self._addrs_of(to) if addrs is None else addrs, wire.frame(msgs))
+        self._emit_msgs(to, self._addrs_of(to) if addrs is None else addrs, msgs)
+
+    def _emit_msgs(self, to: str, addrs: tuple[str, ...], msgs: list[bytes]) -> None:
+        """Send ``msgs`` as one frame, compressed where it pays and ``to`` reads it."""
+        payload = wire.frame(msgs)
+        least = self.config.compress_min_bytes
+        if least and len(payload) >= least:
+            m = self._members.get(to)
+            if m is not None and m.wire_version >= wire.COMPRESS_VERSION:
+                packed = wire.compressed_frame(msgs)
+                if len(packed) <= len(payload) - len(payload) // 8:
+                    self.stats["compressed_frames"] += 1
+                    self.stats["compress_saved_bytes"] += len(payload) - len(packed)
+                    payload = packed
+        self._emit(to, addrs, payload)
 
     def _pending_gossip(self) -> bool:
         return bool(len(self._queue) or len(self._uqueue) or len(self._rqueue))
@@ -608,7 +623,7 @@ class Membership:
             addrs = self._addrs_of(to)
         for i, part in enumerate(parts):
             f = flags | (wire.PP_LAST if i == len(parts) - 1 else 0)
-            self._emit(to, addrs, wire.frame([wire.push_pull_messages(f, part)]))
+            self._emit_msgs(to, addrs, [wire.push_pull_messages(f, part)])
 
     def _periodic_push_pull(self) -> None:
         if self._left:

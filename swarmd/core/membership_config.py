@@ -80,6 +80,13 @@ class MembershipConfig:
     #: the same size).  memberlist's UDP buffer: 1,400 bytes.  Bounds gossip
     #: output at ``gossip_nodes * gossip_packet_bytes / gossip_interval``.
     gossip_packet_bytes: int = 1400
+    #: Frames of at least this many bytes to a member seen writing wire
+    #: version >= 3 go out deflate-compressed (memberlist EnableCompression),
+    #: if that saves at least an eighth.  Push-pull state and record
+    #: transfers shrink to about a third (ids repeat in entries and
+    #: addresses; records repeat their keys); small probe and gossip frames
+    #: stay as they are.  0 turns compression off.
+    compress_min_bytes: int = 1024
     #: Bytes/s per node that record updates of the whole swarm may cost; a
     #: node's own record is gossiped at most every
     #: ``N * S * retransmit_limit(N) / record_budget`` seconds (S = size of

@@ -244,6 +244,12 @@ class P2PNode:
 
         host = self._build_host()
         host.get_network().register_notifee(_Notifee())
+        # libp2p's own protocols (identify, identify-push, ping) answer
+        # admitted peers only: identify would tell a stranger our addresses
+        # and protocols, identify-push would let it write our peerstore.
+        for proto, builtin in list(host.get_mux().handlers.items()):
+            if builtin is not None:
+                host.set_stream_handler(proto, self._gate(builtin))
         host.set_stream_handler(ADMIT_PROTOCOL, self._handle_admit)
         host.set_stream_handler(SWIM_PROTOCOL, self._handle_swim)
         for proto, handler in self._handlers.items():
@@ -715,6 +721,22 @@ class P2PNode:
                 await self._close_peer(peer_id)
 
     # -- inbound -------------------------------------------------------------------------
+
+    def _gate(self, builtin: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """A libp2p built-in handler that resets streams from unadmitted peers."""
+        async def gated(stream: Any) -> None:
+            try:
+                peer_id = _pid_of(stream)
+            except Exception:
+                await self._reset(stream)
+                return
+            if peer_id not in self._admitted:
+                self.stats["dropped_unadmitted"] += 1
+                await self._reset(stream)
+                return
+            await builtin(stream)
+
+        return gated
 
     def _wrap(self, handler: Handler) -> Callable[[Any], Awaitable[None]]:
         async def wrapped(stream: Any) -> None:

@@ -19,6 +19,7 @@ from swarmd.api.app import ApiDeps, ApiServer
 from swarmd.control.server import start_control_server
 from swarmd.engines.manager import EngineManager
 from swarmd.join_token import encode_join_token
+from swarmd.metrics import SwarmCollector, new_registry
 from swarmd.runtime.bridge import Bridge
 from swarmd.runtime.forward import (
     BridgedForwarder,
@@ -125,6 +126,8 @@ async def start_services(
             total=cfg.api.request_timeout,
         )
         client = ForwardClient(_Opener(node), timeouts)
+        collector = SwarmCollector(node.box.get, engines=engines.engines)
+        registry, request_metrics = new_registry(collector)
         api = ApiServer(
             ApiDeps(
                 api=cfg.api,
@@ -133,14 +136,25 @@ async def start_services(
                 local=engines,
                 remote=BridgedForwarder(bridge, client),
                 session=session,
+                registry=registry,
+                metrics=request_metrics,
             )
         )
         await api.start()
         cleanups.append(api.stop)
-        node.forward_server = ForwardServer(bridge, api.proxy.open_local, timeouts)
+        server = ForwardServer(bridge, api.proxy.open_local, timeouts)
+        node.forward_server = server
+        proxy = api.proxy
+        collector.counters.update({
+            "api_errors_": lambda: dict(proxy.stats.errors),
+            "api_retries": lambda: {"": proxy.stats.retries},
+            "forward_client_": lambda: dict(client.stats),
+            "forward_streams_": lambda: dict(client.pool.stats),
+            "forward_server_": lambda: dict(server.stats),
+        })
 
         control = await start_control_server(
-            cfg.control.socket, ControlProviderImpl(node, engines)
+            cfg.control.socket, ControlProviderImpl(node, engines), registry
         )
         cleanups.append(control.stop)
     except BaseException:

@@ -156,3 +156,43 @@ def test_swarmctl_models(pair: tuple[Daemon, Daemon], tmp_path: Path) -> None:
     assert "b" in ids["tiny"]["nodes"]
     r = a.ctl("models")
     assert r.returncode == 0 and "tiny" in r.stdout
+
+
+def _scrape(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def test_prometheus_metrics_on_the_api_port(pair: tuple[Daemon, Daemon]) -> None:
+    a, b = pair
+    body = json.dumps({"model": "tiny", "max_tokens": 2,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = urllib.request.Request(a.api_url + "/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+    bad = urllib.request.Request(a.api_url + "/v1/chat/completions", data=b"{",
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(bad, timeout=5)
+    wait_for(lambda: a.status()["coordinator"] is not None, 30, what="a coordinator")
+    ma = _scrape(a.api_url + "/metrics")
+    assert ma["swarmd_members{state=alive}"] == 2
+    assert ma["swarmd_api_requests_total{route=/v1/chat/completions,status=200}"] >= 1
+    assert ma["swarmd_api_requests_total{route=/v1/chat/completions,status=400}"] >= 1
+    assert ma["swarmd_api_first_byte_seconds_count{route=/v1/chat/completions}"] >= 1
+    assert ma["swarmd_forward_client_requests_total{}"] >= 1
+    assert ma["swarmd_membership_probes_total{}"] >= 1
+    assert ma["swarmd_coordinator_epoch{}"] >= 1
+    mb = _scrape(b.api_url + "/metrics")
+    assert mb["swarmd_forward_server_requests_total{}"] >= 1
+    assert sum(v for k, v in mb.items() if k.startswith("swarmd_engine_healthy{")) == 2

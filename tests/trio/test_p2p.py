@@ -139,6 +139,19 @@ async def test_unadmitted_stream_is_reset_and_counted() -> None:
                     except Exception:
                         pass
                 await eventually(lambda: a.stats["dropped_unadmitted"] >= 1, 5)
+                # libp2p's own identify and ping do not answer it either.
+                for proto in ("/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"):
+                    got = b""
+                    with trio.move_on_after(2):
+                        try:
+                            stream = await raw.new_stream(ID.from_base58(a.peer_id),
+                                                          [TProtocol(proto)])
+                            await stream.write(bytes(32))
+                            got = await stream.read(1024)
+                        except Exception:
+                            pass
+                    assert got == b"", proto
+                assert a.stats["dropped_unadmitted"] >= 3
                 # The idle unadmitted connection gets closed by the watchdog.
                 await eventually(lambda: a.stats["conns_closed_unadmitted"] >= 1, 5)
                 await raw.close()

@@ -360,3 +360,52 @@ def test_join_spreads_by_sync_without_gossip_and_v1_peers_get_full_state() -> No
     m._sync_with("n2")
     sent = [x for x in m.drain() if isinstance(x, Send)]
     assert [type(msg) for msg in wire.decode_frame(sent[0].payload).messages] == [wire.PushPull]
+
+
+def _big_record(i: int) -> dict[str, object]:
+    gpus = [{"index": g, "name": "NVIDIA RTX 4090", "memory_total": 24 * 2**30,
+             "utilization": 0.0} for g in range(4)]
+    return {"name": f"n{i}", "started": float(i), "caps": {"gpus": gpus},
+            "engines": [{"id": f"llamacpp-{i}", "models": [f"model-{k}" for k in range(20)]}]}
+
+
+def test_large_frames_are_compressed_between_v3_peers_and_state_still_converges() -> None:
+    net = SimNet(4)
+    for i in range(8):
+        net.add(f"n{i}", CFG, record=_big_record(i))
+    for i in range(1, 8):
+        net.join(f"n{i}", "n0")
+    net.wait_for(net.converged, 10.0)
+    net.run_for(2.0)
+    stats = [n.m.stats for n in net.nodes.values()]
+    assert sum(s["compressed_frames"] for s in stats) > 0
+    assert sum(s["compress_saved_bytes"] for s in stats) > 0
+    for n in net.nodes.values():
+        for i in range(8):
+            assert dict(n.m.member(f"n{i}").record) == _big_record(i)  # type: ignore[union-attr]
+
+
+def test_no_compression_towards_a_peer_seen_writing_v2_or_when_off() -> None:
+    net = SimNet(5)
+    for i in range(3):
+        net.add(f"n{i}", CFG, record=_big_record(i))
+    for i in range(1, 3):
+        net.join(f"n{i}", "n0")
+    net.wait_for(net.converged, 10.0)
+    m = net.nodes["n1"].m
+    m.drain()
+    msgs = [wire.encode_message(wire.Record(f"n{i}", 1, _big_record(i), False))
+            for i in range(3)]
+    m._members["n2"].wire_version = 2  # an older peer: reads frames, not COMPRESSED
+    m._send("n2", msgs)
+    m._members["n0"].wire_version = 3
+    m._send("n0", msgs)
+    sent = {x.to: x.payload for x in m.drain() if isinstance(x, Send)}
+    raw = wire.frame(msgs)
+    assert len(raw) >= CFG.compress_min_bytes
+    assert len(sent["n2"]) == len(raw)
+    assert len(sent["n0"]) < len(raw)
+    assert wire.decode_frame(sent["n0"]).messages == wire.decode_frame(sent["n2"]).messages
+    off = Membership(node_id="x", name="x", addrs=[], now=0.0, rng=random.Random(0),
+                     config=dataclasses.replace(CFG, compress_min_bytes=0))
+    assert off.config.compress_min_bytes == 0

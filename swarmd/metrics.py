@@ -1,0 +1,139 @@
+"""Prometheus metrics of one daemon.
+
+Theory of operation
+-------------------
+One :class:`prometheus_client.CollectorRegistry` per daemon (never the
+process-global one: tests run several daemons' worth of objects in one
+process, and importing swarmd registers nothing).  It is served as
+``GET /metrics`` on the OpenAI port (so Prometheus can scrape it over the
+network, as it does vLLM's or LiteLLM's) and on the control socket.
+
+Two kinds of series:
+
+- Counters the daemon already keeps -- the sans-IO membership's and the p2p
+  transport's ``stats`` (carried in the :class:`Snapshot`), the forwarder's,
+  the proxy's error counts -- and state (members by state, the lease, local
+  engines) are read at scrape time by :class:`SwarmCollector`; nothing is
+  counted twice and the hot paths do no extra work for them.
+- Per-request series the proxy observes as requests finish
+  (:class:`RequestMetrics`): count and duration by route and status, and the
+  time to the first byte, by route.
+
+Names: ``swarmd_`` prefix; counters end in ``_total``; durations in seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from swarmd.runtime.snapshot import Snapshot
+
+__all__ = ["RequestMetrics", "SwarmCollector", "new_registry"]
+
+#: Request-duration buckets, seconds: a cached short answer (~ms) up to a
+#: long generation (minutes).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+#: Time-to-first-byte buckets, seconds.
+TTFB_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+STATES = ("alive", "suspect", "dead", "left")
+
+
+class EngineView(Protocol):
+    id: str
+    kind: str
+    healthy: bool
+    models: tuple[str, ...]
+    inflight: int
+
+
+class RequestMetrics:
+    """What the proxy observes per request (thread-safe, prometheus_client)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "swarmd_api_requests", "OpenAI API requests answered, by route and HTTP status",
+            ["route", "status"], registry=registry)
+        self.duration = Histogram(
+            "swarmd_api_request_duration_seconds",
+            "Seconds from request received to the last byte sent, by route",
+            ["route"], buckets=DURATION_BUCKETS, registry=registry)
+        self.ttfb = Histogram(
+            "swarmd_api_first_byte_seconds",
+            "Seconds from request received to the engine's first byte, by route "
+            "(includes routing, retries and a remote hop)",
+            ["route"], buckets=TTFB_BUCKETS, registry=registry)
+
+    def finished(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.duration.labels(route).observe(seconds)
+
+    def first_byte(self, route: str, seconds: float) -> None:
+        self.ttfb.labels(route).observe(seconds)
+
+
+class SwarmCollector(Collector):
+    """Reads the daemon's own counters and state at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot],
+                 engines: Callable[[], list[Any]] | None = None,
+                 counters: Mapping[str, Callable[[], Mapping[str, int]]] | None = None) -> None:
+        self.snapshot = snapshot
+        self.engines = engines
+        #: Extra counter groups: prefix -> function returning {name: value}.
+        self.counters = dict(counters or {})
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot()
+        members = GaugeMetricFamily("swarmd_members", "Members this node knows, by state",
+                                    labels=["state"])
+        counts = dict.fromkeys(STATES, 0)
+        for n in snap.nodes:
+            counts[n.state] = counts.get(n.state, 0) + 1
+        for state, c in counts.items():
+            members.add_metric([state], c)
+        yield members
+        coord = snap.coordinator
+        yield GaugeMetricFamily("swarmd_coordinator_epoch",
+                                "Epoch of the coordinator lease this node follows (0: none)",
+                                value=coord[1] if coord else 0)
+        yield GaugeMetricFamily("swarmd_is_coordinator",
+                                "1 while this node holds the coordinator lease",
+                                value=1 if coord and coord[0] == snap.node_id else 0)
+        groups: dict[str, Mapping[str, int]] = {"": snap.stats}
+        for prefix, fn in self.counters.items():
+            groups[prefix] = fn()
+        for prefix, stats in groups.items():
+            for key, value in sorted(stats.items()):
+                name = f"swarmd_{prefix}{key}"
+                fam = CounterMetricFamily(name, f"{prefix}{key} (see the daemon's stats)")
+                fam.add_metric([], value)
+                yield fam
+        if self.engines is not None:
+            healthy = GaugeMetricFamily("swarmd_engine_healthy",
+                                        "1 while a local engine answers its health check",
+                                        labels=["engine", "kind"])
+            inflight = GaugeMetricFamily("swarmd_engine_inflight",
+                                         "Requests this node has in flight on a local engine",
+                                         labels=["engine"])
+            models = GaugeMetricFamily("swarmd_engine_models",
+                                       "Models a local engine serves", labels=["engine"])
+            for e in self.engines():
+                healthy.add_metric([e.id, e.kind], 1 if e.healthy else 0)
+                inflight.add_metric([e.id], e.inflight)
+                models.add_metric([e.id], len(e.models))
+            yield healthy
+            yield inflight
+            yield models
+
+
+def new_registry(collector: SwarmCollector) -> tuple[CollectorRegistry, RequestMetrics]:
+    """A fresh registry with the daemon's collector and request metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry, RequestMetrics(registry)
