@@ -150,7 +150,11 @@ def main() -> None:
             print(f"\nidle daemon (3-node swarm): {r['idle_cpu']:.2f}% of one core, "
                   f"RSS {r['rss']:.1f} MiB")
     if args.loss_seconds > 0:
-        print("\n5% loss (netns, 5 nodes):", loss_run(args.loss_seconds, root))
+        try:
+            loss = loss_run(args.loss_seconds, root)
+        except Exception as exc:  # netns or iptables trouble: report, keep the tables
+            loss = {"failed": f"{type(exc).__name__}: {exc}"}
+        print("\n5% loss (netns, 5 nodes):", loss)
 
 
 if __name__ == "__main__":
