@@ -64,6 +64,7 @@ from swarmd.core.routing import (  # noqa: E402
     EngineLoad,
     RequestFeatures,
     Router,
+    RouterConfig,
     Target,
     affinity_key,
 )
@@ -141,9 +142,11 @@ class SwarmdRouter(Policy):
 
     name = "swarmd router"
 
-    def __init__(self, engines: list[Eng], rng: random.Random) -> None:
+    def __init__(self, engines: list[Eng], rng: random.Random,
+                 spill_load: float | None = None) -> None:
         super().__init__(len(engines), rng)
-        self.router = Router(rng=rng)
+        cfg = RouterConfig() if spill_load is None else RouterConfig(spill_load=spill_load)
+        self.router = Router(cfg, rng=rng)
         self.targets = [Target("bench-node", e.shape.name) for e in engines]
         self.cands = [Candidate(t, kind="simulated", is_local=True,
                                 load=EngineLoad(capacity=e.shape.concurrency))
@@ -469,6 +472,8 @@ def main() -> None:
     ap.add_argument("--llama-requests", type=int, default=24)
     ap.add_argument("--llama-prefix", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--spill-load", type=float, default=None,
+                    help="the in-process router's spill_load (default: RouterConfig's)")
     a = ap.parse_args()
     die_on_sigterm()
     tmp = Path(tempfile.mkdtemp(prefix="swarmd-route-"))
@@ -490,7 +495,7 @@ def main() -> None:
             daemon_url = start_daemon(procs, engines, tmp) if a.daemon else ""
 
             def policies() -> list[Policy]:
-                ps: list[Policy] = [SwarmdRouter(engines, rng), LeastConn(len(engines), rng),
+                ps: list[Policy] = [SwarmdRouter(engines, rng, a.spill_load), LeastConn(len(engines), rng),
                                     RoundRobin(len(engines), rng),
                                     RandomPick(len(engines), rng)]
                 if daemon_url:

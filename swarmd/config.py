@@ -126,6 +126,12 @@ class MembershipSection:
     #: Seconds between refreshes of this node's load in its gossiped record.
     #: The gossip layer may stretch it on large swarms to hold its budget.
     load_interval: float = 2.0
+    #: Seconds after which our load is gossiped even if no figure moved past
+    #: its tolerance (swarmd.core.load_change: 5 points of CPU or GPU %, 3 C,
+    #: 0.5 of load average, 5% of memory or power).  Between two such changes
+    #: an idle node sends no load updates, which keeps an idle swarm quiet;
+    #: a reader's view of a node's host load is never older than this.
+    load_heartbeat: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -452,6 +458,9 @@ def _validate_membership(m: MembershipSection) -> None:
         raise ConfigError(
             "membership.profile", f"unknown profile {m.profile!r} (known: {', '.join(PROFILES)})"
         )
+    for key in ("load_interval", "load_heartbeat"):
+        if not getattr(m, key) > 0:
+            raise ConfigError(f"membership.{key}", "must be positive (seconds)")
     names = {f.name for f in dataclasses.fields(MembershipConfig)}
     for k, v in m.overrides.items():
         if k not in names:

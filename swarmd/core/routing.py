@@ -40,7 +40,9 @@ node's traffic to the one target that *looked* idle in the last gossip round
 Prefix affinity.  When the request has an affinity key (:func:`affinity_key`:
 a hash of the model and the leading messages -- system prompt and first user
 message -- or the prompt's start, or the ``user`` field), candidates are
-ranked by rendezvous hashing (HRW) on that key, and the first of the top
+ranked by rendezvous hashing (HRW) on that key, weighted by capacity (slots,
+1 when unknown) so that an engine with twice the slots is home to twice the
+conversations and spills no more often than a small one; the first of the top
 ``affinity_candidates`` whose load ``outstanding / slots`` is at most
 ``spill_load`` is chosen: repeated prefixes land on the engine whose KV cache
 already holds them, and spill to the next HRW target (then to P2C) once it is
@@ -184,9 +186,13 @@ class _Stats:
     last_used: float = 0.0
 
 
-def _hrw(key: bytes, target: Target) -> int:
+def _hrw(key: bytes, target: Target, weight: float = 1.0) -> float:
+    """Weighted rendezvous score (higher wins): ``-weight / ln(u)``, ``u`` in (0, 1)
+    from a hash of key and target, so each target wins a share of keys
+    proportional to its weight (Schindelhauer & Schomaker's weighted HRW)."""
     h = hashlib.blake2b(key + b"\x00" + target.key.encode(), digest_size=8)
-    return int.from_bytes(h.digest(), "big")
+    u = (int.from_bytes(h.digest(), "big") + 0.5) / 2.0**64
+    return -weight / math.log(u)
 
 
 class Router:
@@ -321,7 +327,8 @@ class Router:
         via_affinity = False
         if features.affinity is not None and closed:
             key = features.model.encode() + b"\x00" + features.affinity
-            ranked = sorted(closed, key=lambda c: _hrw(key, c.target), reverse=True)
+            ranked = sorted(closed, key=lambda c: _hrw(key, c.target, c.load.capacity or 1),
+                            reverse=True)
             for c in ranked[: max(1, cfg.affinity_candidates)]:
                 if self.load_of(c) <= cfg.spill_load:
                     first, via_affinity = c, True

@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 from swarmd.config import Config, membership_config
+from swarmd.core import load_change
 from swarmd.core.lease import CoordinatorLease, LeaseConfig
 from swarmd.core.membership import MemberChanged, Membership, MemberState, Send
 from swarmd.hw import capabilities as hw_caps
@@ -217,11 +218,16 @@ class Node:
     async def _refresh(self) -> None:
         """Publish snapshots for ages, and refresh our load in the record."""
         next_load = 0.0
+        sent: dict[str, Any] | None = None
+        sent_at = 0.0
         while True:
             now = self._now()
             if now >= next_load:
                 load = await trio.to_thread.run_sync(hw_load)
-                self._apply_record({"load": load})
+                if (sent is None or now - sent_at >= self.cfg.membership.load_heartbeat
+                        or load_change.significant(sent, load)):
+                    self._apply_record({"load": load})
+                    sent, sent_at = load, now
                 next_load = now + self.cfg.membership.load_interval
             self._publish()
             await trio.sleep(SNAPSHOT_INTERVAL)

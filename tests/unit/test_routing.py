@@ -251,3 +251,19 @@ def test_gossip_load_parse_is_tolerant() -> None:
     assert EngineLoad.from_record(None) == EngineLoad()
     assert EngineLoad.from_record({"running": 2, "kv_cache": 0.5, "capacity": 8}) == EngineLoad(
         running=2, kv_cache=0.5, capacity=8)
+
+
+def test_affinity_homes_are_shared_in_proportion_to_capacity() -> None:
+    caps = [8, 4, 4, 2]
+    cs = [Candidate(Target(f"n{i}", f"e{i}"), load=EngineLoad(capacity=c))
+          for i, c in enumerate(caps)]
+    router = Router(RouterConfig(), random.Random(3))
+    homes: Counter[str] = Counter()
+    n = 4000
+    for k in range(n):
+        b = {"model": "m", "messages": [{"role": "user", "content": f"conversation {k}"}]}
+        d = router.choose(RequestFeatures("m", affinity_key("/v1/chat/completions", b)), cs, 0.0)
+        assert d.via_affinity
+        homes[d.targets[0].engine_id] += 1
+    for i, c in enumerate(caps):
+        assert abs(homes[f"e{i}"] / n - c / sum(caps)) < 0.03, homes
