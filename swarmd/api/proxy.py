@@ -39,7 +39,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
@@ -56,7 +56,14 @@ from swarmd.api.upstream import (
 )
 from swarmd.api.validate import ParsedRequest, parse_request
 from swarmd.config import ApiSection, RoutingSection
-from swarmd.core.routing import RequestFeatures, Router, Target, affinity_key
+from swarmd.core.routing import (
+    Candidate,
+    EngineLoad,
+    RequestFeatures,
+    Router,
+    Target,
+    affinity_key,
+)
 from swarmd.runtime.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -162,6 +169,8 @@ class Proxy:
                 404, f"The model `{p.requested_model}` does not exist or no node serves it",
                 param="model", code="model_not_found")
         cands = catalog.candidates(snap, p.model, remote_ok=self.remote is not None)
+        if self.local is not None:
+            cands = [self._fresh(c) for c in cands]
         feats = RequestFeatures(p.model, affinity_key(p.route, p.body,
                                                       self.routing.affinity_messages))
         decision = self.router.choose(feats, cands, time.monotonic())
@@ -216,6 +225,13 @@ class Proxy:
                 await up.aclose()
         err = _final_error(errors)
         raise err
+
+    def _fresh(self, c: Candidate) -> Candidate:
+        """A local engine with its load as of now, not as of its last poll."""
+        if not c.is_local or self.local is None:
+            return c
+        cur = self.local.engines.current_load(c.target.engine_id)
+        return c if cur is None else replace(c, load=EngineLoad.from_record(cur.as_record()))
 
     async def _open(self, target: Target, req: ProxyRequest,
                     deadlines: Deadlines) -> UpstreamResponse:

@@ -120,6 +120,14 @@ class LocalEngines(Protocol):
         """Counts one request in flight on the engine while entered."""
         ...
 
+    def current_load(self, engine_id: str) -> LoadLike | None:
+        """The engine's load now: polled load corrected by fresh in-flight counts."""
+        ...
+
+
+class LoadLike(Protocol):
+    def as_record(self) -> dict[str, Any]: ...
+
 
 def retry_after_of(headers: Mapping[str, str]) -> float | None:
     raw = headers.get("Retry-After") or headers.get("retry-after")

@@ -85,6 +85,7 @@ class _Slot:
     models_at: float | None = None
     load: EngineLoad = field(default_factory=EngineLoad)
     inflight: int = 0
+    polled_inflight: int = 0  # our in-flight requests while `load` was read
     next_poll: float = 0.0
     checked_at: float | None = None
     down_since: float | None = None
@@ -282,7 +283,11 @@ class EngineManager:
             except Exception as exc:
                 slot.error = f"model list: {_describe(exc)}"
         try:
+            before = slot.inflight
             slot.load = await self._call(eng.load(self.http))
+            # Requests in flight for the whole read are surely in the engine's
+            # count; ones that began or ended meanwhile may or may not be.
+            slot.polled_inflight = min(before, slot.inflight)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -360,6 +365,24 @@ class EngineManager:
                 headers: Mapping[str, str]) -> UpstreamRequest:
         """The HTTP request for a client request; KeyError if the engine is unknown."""
         return self._slots[engine_id].engine.request(route, body, headers)
+
+    def current_load(self, engine_id: str) -> EngineLoad | None:
+        """The engine's load now, as well as this node can tell (None if unknown).
+
+        The polled load is up to ``poll_interval`` old, but every request that
+        reaches the engine through swarmd on this node is counted here as it
+        starts and ends.  So: what the engine reported minus our requests at
+        that time (others' load: direct clients), plus our requests now.
+        """
+        slot = self._slots.get(engine_id)
+        if slot is None:
+            return None
+        load = slot.load
+        others = 0
+        if load.running is not None or load.waiting is not None:
+            others = max(0, (load.running or 0) + (load.waiting or 0) - slot.polled_inflight)
+        return EngineLoad(running=slot.inflight + others, waiting=0, kv_cache=load.kv_cache,
+                          capacity=slot.spec.capacity or load.capacity)
 
     @contextlib.contextmanager
     def inflight(self, engine_id: str) -> Iterator[None]:

@@ -161,6 +161,14 @@ class _Req:
     body: bytes
 
 
+@dataclass(frozen=True)
+class _Load:
+    running: int
+
+    def as_record(self) -> dict[str, Any]:
+        return {"running": self.running, "waiting": 0, "kv_cache": None, "capacity": 4}
+
+
 class StubEngines:
     """LocalEngines over stubs: engine id -> StubEngine."""
 
@@ -183,6 +191,11 @@ class StubEngines:
             yield
         finally:
             self.inflight_now[engine_id] -= 1
+
+    def current_load(self, engine_id: str) -> _Load | None:
+        if engine_id not in self.by_id:
+            return None
+        return _Load(self.inflight_now.get(engine_id, 0))
 
     def records(self, healthy: bool = True) -> list[dict[str, Any]]:
         """The RECORDS.md ``engines`` entries of these stubs."""

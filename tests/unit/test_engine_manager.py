@@ -217,3 +217,22 @@ def test_background_polling_reports_changes() -> None:
                 await m.stop()
 
     run(t)
+
+
+def test_current_load_corrects_the_polled_load_with_fresh_inflight() -> None:
+    async def t(http: aiohttp.ClientSession) -> None:
+        async with fake_vllm(running=3, waiting=1) as v:
+            m = manager(http, [EngineSpec(kind="vllm", url=v.url, capacity=8)])
+            eid = f"vllm-{v.port}"
+            with m.inflight(eid), m.inflight(eid):
+                await m.poll_once(force=True)  # the engine counts our 2 among its 4
+            cur = m.current_load(eid)
+            assert cur is not None
+            # Ours finished since the poll: only the other 2 remain.
+            assert (cur.running, cur.waiting, cur.capacity) == (2, 0, 8)
+            with m.inflight(eid), m.inflight(eid), m.inflight(eid):
+                cur = m.current_load(eid)
+                assert cur is not None and cur.running == 5
+            assert m.current_load("nope") is None
+
+    run(t)
