@@ -36,6 +36,11 @@ CASES: list[tuple[str, list[wire.Message]]] = [
         wire.StateEntry(ID_A, "a", (), wire.WireState.ALIVE, 0, 1),
         wire.StateEntry(ID_B, "gpu-box", (ADDR_B,), wire.WireState.DEAD, 3, 12),
     ))]),
+    ("push_pull_with_records", [
+        wire.PushPull(wire.PP_REPLY | wire.PP_LAST | wire.PP_RECORDS, (
+            wire.StateEntry(ID_B, "gpu-box", (ADDR_B,), wire.WireState.ALIVE, 3, 12),)),
+        wire.Record(ID_B, 12, {"name": "gpu-box", "draining": False}, False),
+    ]),
     ("user", [wire.User(ID_A, "lease", 123456789, b"\x94\x01\x02\xa1x\x05")]),
     ("sync", [wire.Sync(0, 0x0123456789ABCDEF, bytes.fromhex("12345678abcd"))]),
     ("sync_reply", [wire.Sync(wire.SYNC_REPLY, 42, b"")]),

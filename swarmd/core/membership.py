@@ -606,24 +606,45 @@ class Membership:
 
     def _send_push_pull(self, to: str, addrs: tuple[str, ...], flags: int) -> None:
         self.stats["push_pulls"] += 1
-        self._send_entries(to, addrs, flags, [m.entry() for m in self._members.values()])
+        self._send_entries(to, addrs, flags, list(self._members.values()),
+                           with_records=bool(flags & wire.PP_REPLY))
 
     def _send_entries(self, to: str, addrs: tuple[str, ...], flags: int,
-                      entries: list[bytes]) -> None:
+                      members: list[_Member], with_records: bool = False) -> None:
+        """Entries of ``members`` in PUSH_PULL frames of at most max_message_bytes.
+
+        ``with_records`` (a reply to a member seen writing version >= 3):
+        each member's record rides in the same frame right after the
+        PUSH_PULL (flag PP_RECORDS), saving the receiver a RECORD_REQ round
+        trip per member it did not know -- most of a join's traffic.
+        """
+        peer = self._members.get(to)
+        if with_records and (peer is None or peer.wire_version < wire.COMPRESS_VERSION):
+            with_records = False
         budget = self.config.max_message_bytes - wire.FRAME_OVERHEAD - wire.PUSH_PULL_OVERHEAD
-        parts: list[list[bytes]] = [[]]
+        parts: list[tuple[list[bytes], list[bytes]]] = [([], [])]
         used = 0
-        for e in entries:
-            if used + len(e) > budget and parts[-1]:
-                parts.append([])
+        for m in members:
+            e = m.entry()
+            r = b""
+            if with_records and m.record_version > 0:
+                r = wire.encode_message(wire.Record(m.node_id, m.record_version,
+                                                    dict(m.record), False))
+            if used + len(e) + len(r) > budget and parts[-1][0]:
+                parts.append(([], []))
                 used = 0
-            parts[-1].append(e)
-            used += len(e)
+            parts[-1][0].append(e)
+            if r:
+                parts[-1][1].append(r)
+                self.stats["record_bytes_out"] += len(r)
+            used += len(e) + len(r)
+        if with_records:
+            flags |= wire.PP_RECORDS
         if not addrs:
             addrs = self._addrs_of(to)
-        for i, part in enumerate(parts):
+        for i, (ents, recs) in enumerate(parts):
             f = flags | (wire.PP_LAST if i == len(parts) - 1 else 0)
-            self._emit_msgs(to, addrs, [wire.push_pull_messages(f, part)])
+            self._emit_msgs(to, addrs, [wire.push_pull_messages(f, ents), *recs])
 
     def _periodic_push_pull(self) -> None:
         if self._left:
@@ -687,13 +708,13 @@ class Membership:
         mine = array("H")
         mine.frombytes(self._fingerprints(s.seed))
         missing = set(mine).difference(theirs)
-        lack = [self._digest_members[i].entry() for i, f in enumerate(mine)
+        lack = [self._digest_members[i] for i, f in enumerate(mine)
                 if f in missing] if missing else []
         if not s.reply:
             my_seed, fps = self._digest()
             self._send(sender, [wire.encode_message(wire.Sync(wire.SYNC_REPLY, my_seed, fps))])
         if lack:
-            self._send_entries(sender, (), wire.PP_REPLY, lack)
+            self._send_entries(sender, (), wire.PP_REPLY, lack, with_records=True)
 
     def _send_batched(self, to: str, msgs: list[bytes]) -> None:
         budget = self.config.max_message_bytes - wire.FRAME_OVERHEAD
@@ -1082,7 +1103,7 @@ class Membership:
                 # memberlist: a remote "dead" is only a suspicion here.
                 self._on_suspect(wire.Suspect(e.node, e.inc, sender), now)
             m = self._members.get(e.node)
-            if m is not None and e.record_version > m.record_version:
+            if m is not None and e.record_version > m.record_version and not pp.records:
                 wants.append((e.node, m.record_version))
         if not pp.reply and pp.last:
             self._send_push_pull(sender, (), wire.PP_REPLY)

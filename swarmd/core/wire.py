@@ -94,6 +94,9 @@ class WireState(enum.IntEnum):
 PP_JOIN = 1
 PP_REPLY = 2
 PP_LAST = 4
+#: Each member's record (RECORD, relay=false) follows its entry in the same
+#: frame, so the receiver does not request it (version 3).
+PP_RECORDS = 8
 
 # Sync flag bits.
 SYNC_REPLY = 2
@@ -201,6 +204,10 @@ class PushPull:
     @property
     def last(self) -> bool:
         return bool(self.flags & PP_LAST)
+
+    @property
+    def records(self) -> bool:
+        return bool(self.flags & PP_RECORDS)
 
 
 @dataclass(frozen=True)

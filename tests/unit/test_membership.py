@@ -409,3 +409,38 @@ def test_no_compression_towards_a_peer_seen_writing_v2_or_when_off() -> None:
     off = Membership(node_id="x", name="x", addrs=[], now=0.0, rng=random.Random(0),
                      config=dataclasses.replace(CFG, compress_min_bytes=0))
     assert off.config.compress_min_bytes == 0
+
+
+def test_sync_and_join_replies_carry_records_so_joins_need_few_pulls() -> None:
+    net = SimNet(4)
+    for i in range(8):
+        net.add(f"n{i}", CFG, record={"name": f"n{i}", "started": float(i)})
+    for i in range(1, 8):
+        net.join(f"n{i}", "n0")
+    net.wait_for(net.converged, 10.0)
+    net.run_for(2.0)
+    for n in net.nodes.values():
+        for i in range(8):
+            assert dict(n.m.member(f"n{i}").record) == {  # type: ignore[union-attr]
+                "name": f"n{i}", "started": float(i)}
+    # Without records riding along, every joiner would pull every record it
+    # learns (~N each); now only the seed pulls each joiner's once, plus stragglers.
+    assert sum(n.m.stats["record_pulls"] for n in net.nodes.values()) <= 2 * 7
+
+
+def test_records_ride_with_entries_only_towards_v3_peers() -> None:
+    net = cluster(3)
+    m = net.nodes["n0"].m
+    m.drain()
+    members = [m._members[n] for n in ("n1", "n2")]
+    m._members["n1"].wire_version = 2
+    m._send_entries("n1", (), wire.PP_REPLY, members, with_records=True)
+    m._members["n2"].wire_version = 3
+    m._send_entries("n2", (), wire.PP_REPLY, members, with_records=True)
+    sent = {x.to: wire.decode_frame(x.payload).messages for x in m.drain()
+            if isinstance(x, Send)}
+    old, new = sent["n1"], sent["n2"]
+    assert [type(x) for x in old] == [wire.PushPull] and not old[0].records  # type: ignore[union-attr]
+    assert [type(x) for x in new] == [wire.PushPull, wire.Record, wire.Record]
+    assert new[0].records  # type: ignore[union-attr]
+    assert [r.node for r in new[1:]] == ["n1", "n2"]  # type: ignore[union-attr]
