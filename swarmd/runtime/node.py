@@ -242,7 +242,11 @@ class Node:
                 m.node_id for m in self.membership.members() if m.state is MemberState.ALIVE
             }
             for addrs, peer_id in seeds:
-                if peer_id is None or peer_id not in known:
+                # A host:port seed's id is learnt on first contact; once that
+                # id is an alive member, re-joining through it every few
+                # seconds would only make it send us the full state again.
+                pid = peer_id or self.p2p.resolved_peer(addrs)
+                if pid is None or pid not in known:
                     self.membership.introduce(peer_id, addrs, self._now())
             self._after_input()
             # Keep trying seeds that are not members; once one is, push-pull

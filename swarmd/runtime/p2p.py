@@ -471,6 +471,12 @@ class P2PNode:
             self.stats["dropped_queue_full"] += 1
         pending.append(frame)
 
+    def resolved_peer(self, addrs: Sequence[str]) -> str | None:
+        """The peer id last found behind ``addrs`` (a seed given without
+        /p2p/), or None if they were never reached."""
+        hit = self._resolved.get(tuple(addrs))
+        return hit[0] if hit is not None else None
+
     def _forget_resolved(self, peer_id: str) -> None:
         """A learnt address -> id is stale once that id stops answering (a seed
         may come back at the same address with a new identity)."""

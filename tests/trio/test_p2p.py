@@ -166,6 +166,8 @@ async def test_seed_host_port_learns_peer_id() -> None:
             a.send_unknown([f"127.0.0.1:{_port(b)}"], b"via host:port")
             await ib.wait_for(lambda f: len(f) == 1)
             assert ib.frames == [(a.peer_id, b"via host:port")]
+            assert a.resolved_peer([f"127.0.0.1:{_port(b)}"]) == b.peer_id
+            assert a.resolved_peer(["127.0.0.1:9"]) is None
             a.send_unknown([f"/ip4/127.0.0.1/tcp/{_port(b)}"], b"via bare multiaddr")
             await ib.wait_for(lambda f: len(f) == 2)
             assert a.stats["resolved"] >= 1
