@@ -268,6 +268,7 @@ class Membership:
         self._probe_list: list[str] = []
         self._probe_idx = 0
         self._hinted: dict[str, float] = {}  # member -> when last hinted unreachable
+        self._rx: tuple[str, int] = ("", 0)  # (sender, version) of the frame being handled
         self._seq = rng.randrange(1 << 30)
         self._user_seen: dict[int, float] = {}
         self._pulling: dict[str, float] = {}
@@ -328,8 +329,24 @@ class Membership:
         sm = self._members.get(sender)
         if sm is not None:
             sm.wire_version = frame.version
-        for msg in frame.messages:
-            self._handle(sender, msg, now)
+        # A joiner is not a member until its PUSH_PULL is handled, and the
+        # reply goes out while handling it: remember who is speaking which
+        # version for the length of this frame.
+        self._rx = (sender, frame.version)
+        try:
+            for msg in frame.messages:
+                self._handle(sender, msg, now)
+        finally:
+            self._rx = ("", 0)
+        if sm is None and (sm := self._members.get(sender)) is not None:
+            sm.wire_version = frame.version
+
+    def _version_of(self, node: str) -> int:
+        """Wire version ``node`` was last seen writing (0: not heard from yet)."""
+        m = self._members.get(node)
+        if m is not None and m.wire_version:
+            return m.wire_version
+        return self._rx[1] if self._rx[0] == node else 0
 
     def tick(self, now: float) -> None:
         c = self.config
@@ -556,8 +573,7 @@ class Membership:
         payload = wire.frame(msgs)
         least = self.config.compress_min_bytes
         if least and len(payload) >= least:
-            m = self._members.get(to)
-            if m is not None and m.wire_version >= wire.COMPRESS_VERSION:
+            if self._version_of(to) >= wire.COMPRESS_VERSION:
                 packed = wire.compressed_frame(msgs)
                 if len(packed) <= len(payload) - len(payload) // 8:
                     self.stats["compressed_frames"] += 1
@@ -618,8 +634,7 @@ class Membership:
         PUSH_PULL (flag PP_RECORDS), saving the receiver a RECORD_REQ round
         trip per member it did not know -- most of a join's traffic.
         """
-        peer = self._members.get(to)
-        if with_records and (peer is None or peer.wire_version < wire.COMPRESS_VERSION):
+        if with_records and self._version_of(to) < wire.COMPRESS_VERSION:
             with_records = False
         budget = self.config.max_message_bytes - wire.FRAME_OVERHEAD - wire.PUSH_PULL_OVERHEAD
         parts: list[tuple[list[bytes], list[bytes]]] = [([], [])]
