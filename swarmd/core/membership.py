@@ -265,6 +265,7 @@ class Membership:
         self._suspicions: dict[str, Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
         self._probe: _Probe | None = None
+        self._urgent: _Probe | None = None  # a hinted probe run beside the scheduled one
         self._probe_list: list[str] = []
         self._probe_idx = 0
         self._hinted: dict[str, float] = {}  # member -> when last hinted unreachable
@@ -351,12 +352,12 @@ class Membership:
     def tick(self, now: float) -> None:
         c = self.config
         # Probes.
-        p = self._probe
-        if p is not None:
-            if not p.acked and not p.indirect_sent and now >= p.timeout_at:
-                self._send_indirect(p)
-            if now >= p.end_at:
-                self._finish_probe(p, now)
+        for p in (self._probe, self._urgent):
+            if p is not None:
+                if not p.acked and not p.indirect_sent and now >= p.timeout_at:
+                    self._send_indirect(p)
+                if now >= p.end_at:
+                    self._finish_probe(p, now)
         if now >= self._next_probe:
             interval = self._awareness.scale(c.probe_interval)
             if not self._left:
@@ -416,11 +417,11 @@ class Membership:
     def next_deadline(self) -> float:
         d = min(self._next_probe, self._next_push_pull, self._next_housekeeping,
                 self._next_sync)
-        p = self._probe
-        if p is not None:
-            d = min(d, p.end_at)
-            if not p.acked and not p.indirect_sent:
-                d = min(d, p.timeout_at)
+        for p in (self._probe, self._urgent):
+            if p is not None:
+                d = min(d, p.end_at)
+                if not p.acked and not p.indirect_sent:
+                    d = min(d, p.timeout_at)
         if self._pending_gossip():
             d = min(d, self._next_gossip)
         if self._rec_pending:
@@ -478,7 +479,14 @@ class Membership:
         self._hinted[node_id] = now
         self.stats["probe_hints"] += 1
         p = self._probe
-        if p is not None and p.target == node_id:
+        if p is not None and p.target == node_id or self._urgent is not None \
+                and self._urgent.target == node_id:
+            return
+        if p is not None and self._urgent is None:
+            # A scheduled probe of another member is in flight: probe this
+            # one beside it now rather than after it (up to an interval).
+            interval = self._awareness.scale(self.config.probe_interval)
+            self._urgent = self._launch_probe(node_id, now, now + interval)
             return
         rest = self._probe_list[self._probe_idx:]
         if node_id in rest:
@@ -504,7 +512,7 @@ class Membership:
         self._set_state(me, MemberState.LEFT, now)
         self._queue.put(("m", me.node_id),
                         wire.encode_message(wire.Left(me.node_id, me.incarnation)))
-        self._probe = None
+        self._probe = self._urgent = None
 
     @property
     def leave_grace(self) -> float:
@@ -763,8 +771,11 @@ class Membership:
         target = self._pick_target()
         if target is None:
             return
+        self._probe = self._launch_probe(target, now, end_at)
+
+    def _launch_probe(self, target: str, now: float, end_at: float) -> _Probe:
         seq = self._next_seq()
-        self._probe = _Probe(target, seq, now + self.config.probe_timeout, end_at)
+        probe = _Probe(target, seq, now + self.config.probe_timeout, end_at)
         self.stats["probes"] += 1
         msgs = [wire.encode_message(wire.Ping(seq, target))]
         m = self._members[target]
@@ -773,6 +784,7 @@ class Membership:
             # if the gossip about it ran out while it was unreachable.
             msgs.append(wire.encode_message(wire.Suspect(target, m.incarnation, self.node_id)))
         self._send(target, msgs, piggyback=True)
+        return probe
 
     def _send_indirect(self, p: _Probe) -> None:
         p.indirect_sent = True
@@ -788,7 +800,10 @@ class Membership:
             self._send(peer, [msg])
 
     def _finish_probe(self, p: _Probe, now: float) -> None:
-        self._probe = None
+        if self._probe is p:
+            self._probe = None
+        if self._urgent is p:
+            self._urgent = None
         if p.acked:
             return
         if p.expected_nacks > 0:
@@ -811,18 +826,18 @@ class Membership:
                 return
             self._send(sender, [wire.encode_message(wire.Ack(msg.seq))], piggyback=True)
         elif isinstance(msg, wire.Ack):
-            p = self._probe
-            if p is not None and msg.seq == p.seq:
-                p.acked = True
-                self._awareness.apply(-1)
-                return
+            for p in (self._probe, self._urgent):
+                if p is not None and msg.seq == p.seq:
+                    p.acked = True
+                    self._awareness.apply(-1)
+                    return
             r = self._relays.pop(msg.seq, None)
             if r is not None:
                 self._send(r.requester, [wire.encode_message(wire.Ack(r.seq))])
         elif isinstance(msg, wire.Nack):
-            p = self._probe
-            if p is not None and msg.seq == p.seq:
-                p.nacks += 1
+            for p in (self._probe, self._urgent):
+                if p is not None and msg.seq == p.seq:
+                    p.nacks += 1
         elif isinstance(msg, wire.PingReq):
             if msg.target == self.node_id:
                 self._send(sender, [wire.encode_message(wire.Ack(msg.seq))])
