@@ -463,10 +463,11 @@ class Membership:
         """The transport lost its connection to ``node_id``: probe it next.
 
         A crashed process's peers see its connections reset at once; probing
-        it now, instead of whenever the shuffled round reaches it (up to
-        N-1 intervals), lets every survivor suspect it within about one probe
-        interval, so confirmations come quickly and the suspicion timeout
-        shrinks to its minimum.  Only the probe order changes: a member is
+        it now (beside the scheduled probe if one is in flight, else as the
+        next one), instead of whenever the shuffled round reaches it (up to
+        N-1 intervals), lets every survivor suspect it within one probe
+        interval, so confirmations come together and the suspicion timeout
+        shrinks to its minimum.  Only when it is probed changes: a member is
         still declared dead only after failed direct and indirect probes and
         the suspicion timeout, so a spurious disconnect costs one probe.  At
         most one hint per member per ``probe_interval``.
