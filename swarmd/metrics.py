@@ -27,13 +27,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from swarmd.runtime.snapshot import Snapshot
 
-__all__ = ["RequestMetrics", "SwarmCollector", "new_registry"]
+__all__ = ["RequestMetrics", "SwarmCollector", "metrics_response", "new_registry"]
 
 #: Request-duration buckets, seconds: a cached short answer (~ms) up to a
 #: long generation (minutes).
@@ -137,3 +144,10 @@ def new_registry(collector: SwarmCollector) -> tuple[CollectorRegistry, RequestM
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry, RequestMetrics(registry)
+
+
+def metrics_response(registry: CollectorRegistry) -> web.Response:
+    """``GET /metrics``: the registry in Prometheus' text format."""
+    resp = web.Response(body=generate_latest(registry))
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp

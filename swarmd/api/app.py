@@ -114,13 +114,11 @@ async def _model(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from swarmd.metrics import metrics_response
 
     registry = request.app[DEPS_KEY].registry
     assert registry is not None
-    resp = web.Response(body=generate_latest(registry))
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return resp
+    return metrics_response(registry)
 
 
 async def _health(request: web.Request) -> web.Response:

@@ -49,6 +49,7 @@ from swarmd.api.errors import ApiError, sse_error_event
 from swarmd.api.upstream import (
     FORWARDED_HEADERS,
     Deadlines,
+    LocalEngines,
     LocalUpstream,
     ProxyRequest,
     UpstreamError,
@@ -170,7 +171,8 @@ class Proxy:
                 param="model", code="model_not_found")
         cands = catalog.candidates(snap, p.model, remote_ok=self.remote is not None)
         if self.local is not None:
-            cands = [self._fresh(c) for c in cands]
+            engines = self.local.engines
+            cands = [self._fresh(c, engines) for c in cands]
         feats = RequestFeatures(p.model, affinity_key(p.route, p.body,
                                                       self.routing.affinity_messages))
         decision = self.router.choose(feats, cands, time.monotonic())
@@ -226,12 +228,14 @@ class Proxy:
         err = _final_error(errors)
         raise err
 
-    def _fresh(self, c: Candidate) -> Candidate:
+    @staticmethod
+    def _fresh(c: Candidate, engines: LocalEngines) -> Candidate:
         """A local engine with its load as of now, not as of its last poll."""
-        if not c.is_local or self.local is None:
+        cur = engines.current_load(c.target.engine_id) if c.is_local else None
+        if cur is None:
             return c
-        cur = self.local.engines.current_load(c.target.engine_id)
-        return c if cur is None else replace(c, load=EngineLoad.from_record(cur.as_record()))
+        return replace(c, load=EngineLoad(running=cur.running, waiting=cur.waiting,
+                                          kv_cache=cur.kv_cache, capacity=cur.capacity or None))
 
     async def _open(self, target: Target, req: ProxyRequest,
                     deadlines: Deadlines) -> UpstreamResponse:

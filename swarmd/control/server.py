@@ -149,12 +149,10 @@ class _Handlers:
         return web.json_response({"ok": True, "draining": body["on"]})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from swarmd.metrics import metrics_response
 
         assert self.registry is not None
-        resp = web.Response(body=generate_latest(self.registry))
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return resp
+        return metrics_response(self.registry)
 
 
 def build_app(provider: ControlProvider, registry: CollectorRegistry | None = None) -> web.Application:

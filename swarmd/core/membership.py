@@ -352,12 +352,11 @@ class Membership:
     def tick(self, now: float) -> None:
         c = self.config
         # Probes.
-        for p in (self._probe, self._urgent):
-            if p is not None:
-                if not p.acked and not p.indirect_sent and now >= p.timeout_at:
-                    self._send_indirect(p)
-                if now >= p.end_at:
-                    self._finish_probe(p, now)
+        for p in self._in_flight():
+            if not p.acked and not p.indirect_sent and now >= p.timeout_at:
+                self._send_indirect(p)
+            if now >= p.end_at:
+                self._finish_probe(p, now)
         if now >= self._next_probe:
             interval = self._awareness.scale(c.probe_interval)
             if not self._left:
@@ -417,11 +416,10 @@ class Membership:
     def next_deadline(self) -> float:
         d = min(self._next_probe, self._next_push_pull, self._next_housekeeping,
                 self._next_sync)
-        for p in (self._probe, self._urgent):
-            if p is not None:
-                d = min(d, p.end_at)
-                if not p.acked and not p.indirect_sent:
-                    d = min(d, p.timeout_at)
+        for p in self._in_flight():
+            d = min(d, p.end_at)
+            if not p.acked and not p.indirect_sent:
+                d = min(d, p.timeout_at)
         if self._pending_gossip():
             d = min(d, self._next_gossip)
         if self._rec_pending:
@@ -479,10 +477,9 @@ class Membership:
             return
         self._hinted[node_id] = now
         self.stats["probe_hints"] += 1
-        p = self._probe
-        if p is not None and p.target == node_id or self._urgent is not None \
-                and self._urgent.target == node_id:
+        if any(q.target == node_id for q in self._in_flight()):
             return
+        p = self._probe
         if p is not None and self._urgent is None:
             # A scheduled probe of another member is in flight: probe this
             # one beside it now rather than after it (up to an interval).
@@ -643,17 +640,14 @@ class Membership:
         PUSH_PULL (flag PP_RECORDS), saving the receiver a RECORD_REQ round
         trip per member it did not know -- most of a join's traffic.
         """
-        if with_records and self._version_of(to) < wire.COMPRESS_VERSION:
+        if with_records and self._version_of(to) < wire.RECORDS_FOLLOW_VERSION:
             with_records = False
         budget = self.config.max_message_bytes - wire.FRAME_OVERHEAD - wire.PUSH_PULL_OVERHEAD
         parts: list[tuple[list[bytes], list[bytes]]] = [([], [])]
         used = 0
         for m in members:
             e = m.entry()
-            r = b""
-            if with_records and m.record_version > 0:
-                r = wire.encode_message(wire.Record(m.node_id, m.record_version,
-                                                    dict(m.record), False))
+            r = self._record_reply(m) if with_records and m.record_version > 0 else b""
             if used + len(e) + len(r) > budget and parts[-1][0]:
                 parts.append(([], []))
                 used = 0
@@ -774,6 +768,10 @@ class Membership:
             return
         self._probe = self._launch_probe(target, now, end_at)
 
+    def _in_flight(self) -> list[_Probe]:
+        """The scheduled probe and the hinted one, those that are running."""
+        return [p for p in (self._probe, self._urgent) if p is not None]
+
     def _launch_probe(self, target: str, now: float, end_at: float) -> _Probe:
         seq = self._next_seq()
         probe = _Probe(target, seq, now + self.config.probe_timeout, end_at)
@@ -827,8 +825,8 @@ class Membership:
                 return
             self._send(sender, [wire.encode_message(wire.Ack(msg.seq))], piggyback=True)
         elif isinstance(msg, wire.Ack):
-            for p in (self._probe, self._urgent):
-                if p is not None and msg.seq == p.seq:
+            for p in self._in_flight():
+                if msg.seq == p.seq:
                     p.acked = True
                     self._awareness.apply(-1)
                     return
@@ -836,8 +834,8 @@ class Membership:
             if r is not None:
                 self._send(r.requester, [wire.encode_message(wire.Ack(r.seq))])
         elif isinstance(msg, wire.Nack):
-            for p in (self._probe, self._urgent):
-                if p is not None and msg.seq == p.seq:
+            for p in self._in_flight():
+                if msg.seq == p.seq:
                     p.nacks += 1
         elif isinstance(msg, wire.PingReq):
             if msg.target == self.node_id:
@@ -1082,13 +1080,17 @@ class Membership:
         self.stats["records_applied"] += 1
         self._queue_record(d.node, wire.encode_message(d), d)
 
+    @staticmethod
+    def _record_reply(m: _Member) -> bytes:
+        """``m``'s record as a pull reply (RECORD, relay=false)."""
+        return wire.encode_message(wire.Record(m.node_id, m.record_version, dict(m.record), False))
+
     def _on_record_req(self, sender: str, req: wire.RecordReq) -> None:
         out = []
         for node, have in req.wants:
             m = self._members.get(node)
             if m is not None and m.record_version > have:
-                out.append(wire.encode_message(
-                    wire.Record(node, m.record_version, dict(m.record), False)))
+                out.append(self._record_reply(m))
         if out:
             self.stats["record_bytes_out"] += sum(len(m) for m in out)
             self._send_batched(sender, out)

@@ -43,6 +43,9 @@ import msgpack
 WIRE_VERSION = 3
 #: The first version whose readers understand COMPRESSED.
 COMPRESS_VERSION = 3
+#: The first version whose readers take records from a PP_RECORDS reply
+#: (older ones would request them again anyway).
+RECORDS_FOLLOW_VERSION = 3
 #: COMPRESSED algorithms (append-only).  1: zlib/deflate (RFC 1950).
 ALGO_DEFLATE = 1
 #: Default largest frame in bytes (libp2p frames allow more; 60 KB keeps one

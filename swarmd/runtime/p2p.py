@@ -728,32 +728,31 @@ class P2PNode:
 
     # -- inbound -------------------------------------------------------------------------
 
+    async def _admitted_peer(self, stream: Any) -> str | None:
+        """The admitted peer behind an inbound stream; else reset it (counted) and None."""
+        try:
+            peer_id = _pid_of(stream)
+        except Exception:
+            await self._reset(stream)
+            return None
+        if peer_id not in self._admitted:
+            self.stats["dropped_unadmitted"] += 1
+            await self._reset(stream)
+            return None
+        return peer_id
+
     def _gate(self, builtin: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         """A libp2p built-in handler that resets streams from unadmitted peers."""
         async def gated(stream: Any) -> None:
-            try:
-                peer_id = _pid_of(stream)
-            except Exception:
-                await self._reset(stream)
-                return
-            if peer_id not in self._admitted:
-                self.stats["dropped_unadmitted"] += 1
-                await self._reset(stream)
-                return
-            await builtin(stream)
+            if await self._admitted_peer(stream) is not None:
+                await builtin(stream)
 
         return gated
 
     def _wrap(self, handler: Handler) -> Callable[[Any], Awaitable[None]]:
         async def wrapped(stream: Any) -> None:
-            try:
-                peer_id = _pid_of(stream)
-            except Exception:
-                await self._reset(stream)
-                return
-            if peer_id not in self._admitted:
-                self.stats["dropped_unadmitted"] += 1
-                await self._reset(stream)
+            peer_id = await self._admitted_peer(stream)
+            if peer_id is None:
                 return
             try:
                 await handler(peer_id, stream)
@@ -765,14 +764,8 @@ class P2PNode:
         return wrapped
 
     async def _handle_swim(self, stream: Any) -> None:
-        try:
-            peer_id = _pid_of(stream)
-        except Exception:
-            await self._reset(stream)
-            return
-        if peer_id not in self._admitted:
-            self.stats["dropped_unadmitted"] += 1
-            await self._reset(stream)
+        peer_id = await self._admitted_peer(stream)
+        if peer_id is None:
             return
         if self._inbound.get(peer_id, 0) >= MAX_INBOUND_STREAMS:
             self.stats["streams_refused"] += 1

@@ -147,7 +147,7 @@ async def start_services(
         proxy = api.proxy
         collector.counters.update({
             "api_errors_": lambda: dict(proxy.stats.errors),
-            "api_retries": lambda: {"": proxy.stats.retries},
+            "api_": lambda: {"retries": proxy.stats.retries},
             "forward_client_": lambda: dict(client.stats),
             "forward_streams_": lambda: dict(client.pool.stats),
             "forward_server_": lambda: dict(server.stats),

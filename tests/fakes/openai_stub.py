@@ -164,9 +164,9 @@ class _Req:
 @dataclass(frozen=True)
 class _Load:
     running: int
-
-    def as_record(self) -> dict[str, Any]:
-        return {"running": self.running, "waiting": 0, "kv_cache": None, "capacity": 4}
+    waiting: int = 0
+    kv_cache: float | None = None
+    capacity: int = 4
 
 
 class StubEngines:

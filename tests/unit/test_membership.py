@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -369,20 +370,30 @@ def _big_record(i: int) -> dict[str, object]:
             "engines": [{"id": f"llamacpp-{i}", "models": [f"model-{k}" for k in range(20)]}]}
 
 
-def test_large_frames_are_compressed_between_v3_peers_and_state_still_converges() -> None:
+def joined_through_seed(record: Callable[[int], dict[str, object]], n: int = 8) -> SimNet:
+    """``n`` nodes with records, all joined through n0, converged and settled."""
     net = SimNet(4)
-    for i in range(8):
-        net.add(f"n{i}", CFG, record=_big_record(i))
-    for i in range(1, 8):
+    for i in range(n):
+        net.add(f"n{i}", CFG, record=record(i))
+    for i in range(1, n):
         net.join(f"n{i}", "n0")
     net.wait_for(net.converged, 10.0)
     net.run_for(2.0)
+    for node in net.nodes.values():
+        for i in range(n):
+            assert dict(node.m.member(f"n{i}").record) == record(i)  # type: ignore[union-attr]
+    return net
+
+
+def _small_record(i: int) -> dict[str, object]:
+    return {"name": f"n{i}", "started": float(i)}
+
+
+def test_large_frames_are_compressed_between_v3_peers_and_state_still_converges() -> None:
+    net = joined_through_seed(_big_record)
     stats = [n.m.stats for n in net.nodes.values()]
     assert sum(s["compressed_frames"] for s in stats) > 0
     assert sum(s["compress_saved_bytes"] for s in stats) > 0
-    for n in net.nodes.values():
-        for i in range(8):
-            assert dict(n.m.member(f"n{i}").record) == _big_record(i)  # type: ignore[union-attr]
 
 
 def test_no_compression_towards_a_peer_seen_writing_v2_or_when_off() -> None:
@@ -412,17 +423,7 @@ def test_no_compression_towards_a_peer_seen_writing_v2_or_when_off() -> None:
 
 
 def test_sync_and_join_replies_carry_records_so_joins_need_few_pulls() -> None:
-    net = SimNet(4)
-    for i in range(8):
-        net.add(f"n{i}", CFG, record={"name": f"n{i}", "started": float(i)})
-    for i in range(1, 8):
-        net.join(f"n{i}", "n0")
-    net.wait_for(net.converged, 10.0)
-    net.run_for(2.0)
-    for n in net.nodes.values():
-        for i in range(8):
-            assert dict(n.m.member(f"n{i}").record) == {  # type: ignore[union-attr]
-                "name": f"n{i}", "started": float(i)}
+    net = joined_through_seed(_small_record)
     # Without records riding along, every joiner would pull every record it
     # learns (~N each); now only the seed pulls each joiner's (a joiner does not
     # know the seed's version yet, so its join carries no records).
