@@ -70,26 +70,34 @@ def run_size(n: int, kills: int, profile: str, root: Path) -> dict[str, object]:
             detections.append(time.monotonic() - t0)
             v.start()
             wait_for(lambda: _see_all(nodes, want), 120, interval=0.1, what="rejoin")
-        idle_cpu, rss = idle_cost(nodes[0]) if n == 3 else (None, None)
-        return {"n": n, "converge": converge, "detections": detections,
-                "idle_cpu": idle_cpu, "rss": rss}
+        idle = idle_cost(nodes[0]) if n == 3 else None
+        return {"n": n, "converge": converge, "detections": detections, "idle": idle}
     finally:
         for d in nodes:
             if d.alive():
                 d.kill()
 
 
-def idle_cost(d: Daemon, seconds: float = 10.0, settle: float = 20.0) -> tuple[float, float]:
-    """CPU (% of one core) and RSS of one daemon in a quiet swarm."""
+def _frames_out(d: Daemon) -> int:
+    return int(ControlClient(d.socket, timeout=5).status()["stats"]["p2p_frames_out"])
+
+
+def idle_cost(d: Daemon, seconds: float = 10.0, settle: float = 20.0) -> dict[str, float]:
+    """CPU (% of one core), frames sent per second, RSS, PSS and USS (MiB) of
+    one daemon in a quiet swarm.  PSS and USS leave out (most of) the shared
+    library pages that RSS counts in full."""
     assert d.proc is not None
     time.sleep(settle)  # past the busy-sync window that follows the last change
     p = psutil.Process(d.proc.pid)
-    p.cpu_percent(None)
+    f0 = _frames_out(d)
     t0 = p.cpu_times()
     time.sleep(seconds)
     t1 = p.cpu_times()
-    cpu = ((t1.user - t0.user) + (t1.system - t0.system)) / seconds * 100
-    return cpu, p.memory_info().rss / 2**20
+    f1 = _frames_out(d)
+    mem = p.memory_full_info()
+    return {"cpu": ((t1.user - t0.user) + (t1.system - t0.system)) / seconds * 100,
+            "frames": (f1 - f0) / seconds, "rss": mem.rss / 2**20,
+            "pss": mem.pss / 2**20, "uss": mem.uss / 2**20}
 
 
 def loss_run(seconds: float, root: Path) -> dict[str, object]:
@@ -155,9 +163,11 @@ def main() -> None:
               f"{within} within 6 s (target p99 <= 6 s); sorted: "
               + " ".join(f"{d:.2f}" for d in every))
     for r in rows:
-        if r["idle_cpu"] is not None:
-            print(f"\nidle daemon (3-node swarm): {r['idle_cpu']:.2f}% of one core, "
-                  f"RSS {r['rss']:.1f} MiB")
+        idle = r["idle"]
+        if isinstance(idle, dict):
+            print(f"\nidle daemon (3-node swarm): {idle['cpu']:.2f}% of one core, "
+                  f"{idle['frames']:.2f} frames/s sent, RSS {idle['rss']:.1f} MiB "
+                  f"(PSS {idle['pss']:.1f}, USS {idle['uss']:.1f})")
     if args.loss_seconds > 0:
         try:
             loss = loss_run(args.loss_seconds, root)

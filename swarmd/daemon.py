@@ -14,6 +14,7 @@ from pathlib import Path
 from swarmd import __version__
 from swarmd.config import Config, ConfigError, check_ports, load, to_toml, validate
 from swarmd.join_token import JoinTokenError, decode_join_token
+from swarmd.runtime import lean_imports
 
 EXIT_CONFIG = 2
 
@@ -78,6 +79,7 @@ def _apply_flags(cfg: Config, ns: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lean_imports.install()  # before anything imports py-libp2p
     ns = _parser().parse_args(argv)
     try:
         cfg = _apply_flags(load(ns.config), ns)

@@ -42,6 +42,8 @@ CASES: list[tuple[str, list[wire.Message]]] = [
         wire.Record(ID_B, 12, {"name": "gpu-box", "draining": False}, False),
     ]),
     ("user", [wire.User(ID_A, "lease", 123456789, b"\x94\x01\x02\xa1x\x05")]),
+    ("user_lazy", [wire.User(ID_A, "lease", 123456790, b"\x94\x01\x02\xa1x\x06",
+                             wire.USER_LAZY)]),
     ("sync", [wire.Sync(0, 0x0123456789ABCDEF, bytes.fromhex("12345678abcd"))]),
     ("sync_reply", [wire.Sync(wire.SYNC_REPLY, 42, b"")]),
     ("compound_ping_with_gossip", [wire.Ping(9, ID_B), wire.Alive(ID_A, 1, "a", ()),

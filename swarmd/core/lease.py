@@ -26,7 +26,10 @@ increases; ``seq`` counts the holder's renewals within it.
   rank-0 node that is dead but not yet detected.  A live holder is never
   displaced by a more preferred newcomer (no duelling).
 * A new node waits one ``duration`` before it may claim, to hear a holder.
-* Partition: each side may elect its own holder (two holders).  On heal the
+* Partition: with ``known_members`` only a side seeing a strict majority
+  alive elects; the minority holder steps down after ``renew_deadline``.
+  Without it (or once a side has reaped the others) each side may elect
+  its own holder (two holders).  On heal the
   claims meet; the higher epoch (then the lower holder id) wins and the other
   holder steps down on hearing it.
 * :meth:`check` accepts an epoch only if it is >= the highest epoch this node

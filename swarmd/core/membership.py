@@ -246,12 +246,15 @@ class Membership:
         self._rng = rng
         self.stats: dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
         self._actions: list[Action] = []
-        # Three queues, served in this order into every packet (memberlist
+        # Four queues, served in this order into every packet (memberlist
         # fills its own broadcasts first, then the delegate's): membership
-        # news must never wait behind records.
+        # news must never wait behind records.  The last holds lazy user
+        # messages (wire.USER_LAZY): they ride on frames sent anyway and
+        # never start a gossip round of their own.
         self._queue = BroadcastQueue()
         self._uqueue = BroadcastQueue()
         self._rqueue = BroadcastQueue()
+        self._lqueue = BroadcastQueue()
         self._awareness = Awareness(config.awareness_max_multiplier)
         self._members: dict[str, _Member] = {}
         # Digest sync: entry hashes of all members (in _members order),
@@ -493,11 +496,25 @@ class Membership:
         if p is None:
             self._next_probe = min(self._next_probe, now)
 
-    def broadcast(self, key: str, payload: bytes) -> None:
-        """Gossip ``payload`` to every node; replaces our queued one with the same key."""
+    def broadcast(self, key: str, payload: bytes, lazy: bool = False) -> None:
+        """Gossip ``payload`` to every node; replaces our queued one with the same key.
+
+        ``lazy``: piggyback only -- the message (and every relay of it) rides
+        on probes, acks and gossip rounds that other news starts, and never
+        starts a round itself.  For periodic news whose next copy is never
+        far behind (lease renewals): in an idle swarm it costs no frames,
+        and reaches everyone in O(log N) probe intervals instead of gossip
+        rounds.
+        """
         msg_id = self._rng.getrandbits(63)
-        data = wire.encode_message(wire.User(self.node_id, key, msg_id, bytes(payload)))
-        self._uqueue.put(("u", self.node_id, key), data)
+        flags = wire.USER_LAZY if lazy else 0
+        data = wire.encode_message(wire.User(self.node_id, key, msg_id, bytes(payload), flags))
+        self._queue_user(("u", self.node_id, key), data, lazy)
+
+    def _queue_user(self, key: tuple[str, str, str], data: bytes, lazy: bool) -> None:
+        put, drop = (self._lqueue, self._uqueue) if lazy else (self._uqueue, self._lqueue)
+        drop.remove(key)
+        put.put(key, data)
 
     def leave(self, now: float) -> None:
         """Gossip ``left`` for ourselves; keep ticking for :attr:`leave_grace`."""
@@ -567,7 +584,7 @@ class Membership:
 
     def _send(self, to: str, msgs: list[bytes], piggyback: bool = False,
               addrs: tuple[str, ...] | None = None) -> None:
-        if piggyback and self._pending_gossip():
+        if piggyback and (self._pending_gossip() or len(self._lqueue)):
             used = sum(len(m) for m in msgs) + wire.FRAME_OVERHEAD
             room = self.config.gossip_packet_bytes - used
             if room > 16:
@@ -592,7 +609,7 @@ class Membership:
 
     def _take(self, budget: int, limit: int) -> list[bytes]:
         out = self._queue.get(budget, limit)
-        for q in (self._uqueue, self._rqueue):
+        for q in (self._uqueue, self._rqueue, self._lqueue):
             room = budget - sum(len(m) for m in out)
             if room < 32 or not len(q):
                 continue
@@ -1156,7 +1173,7 @@ class Membership:
             return
         self.stats["user_in"] += 1
         self._actions.append(UserMessage(u.origin, u.key, u.payload))
-        self._uqueue.put(("u", u.origin, u.key), wire.encode_message(u))
+        self._queue_user(("u", u.origin, u.key), wire.encode_message(u), u.lazy)
 
     # -------------------------------------------------------- housekeeping
 

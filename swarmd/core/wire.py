@@ -213,12 +213,26 @@ class PushPull:
         return bool(self.flags & PP_RECORDS)
 
 
+#: USER flag: piggyback only.  Relays carry the message on frames they send
+#: anyway (probes, acks, gossip rounds started by other news) and never start
+#: a gossip round for it: periodic, non-urgent news such as lease renewals.
+USER_LAZY = 1
+
+
 @dataclass(frozen=True)
 class User:
     origin: str
     key: str
     msg_id: int
     payload: bytes
+    #: USER_LAZY or 0.  An optional trailing field: written only when
+    #: non-zero, so a flag-less message encodes as before and older readers
+    #: ignore it (they relay the message eagerly).
+    flags: int = 0
+
+    @property
+    def lazy(self) -> bool:
+        return bool(self.flags & USER_LAZY)
 
 
 @dataclass(frozen=True)
@@ -288,7 +302,8 @@ def to_list(msg: Message) -> list[Any]:
     if isinstance(msg, PushPull):
         return [MsgType.PUSH_PULL, msg.flags, [_entry_list(e) for e in msg.states]]
     if isinstance(msg, User):
-        return [MsgType.USER, msg.origin, msg.key, msg.msg_id, msg.payload]
+        user = [MsgType.USER, msg.origin, msg.key, msg.msg_id, msg.payload]
+        return user + [msg.flags] if msg.flags else user
     if isinstance(msg, Sync):
         return [MsgType.SYNC, msg.flags, msg.seed, msg.fps]
     raise TypeError(f"not a membership message: {msg!r}")
@@ -483,8 +498,9 @@ def _decode_message(m: list[Any], t: int) -> Message:
         origin, key, msg_id, payload = _fields(m, 4, "user")
         if type(payload) is not bytes:
             raise DecodeError("user: payload must be bytes")
+        flags = _int(m[5], "user flags") if len(m) > 5 else 0
         return User(_id(origin, "origin"), _str(key, "key", MAX_KEY_LEN),
-                    _int(msg_id, "msg id"), payload)
+                    _int(msg_id, "msg id"), payload, flags)
     if t == MsgType.SYNC:
         flags, seed, fps = _fields(m, 3, "sync")
         if type(fps) is not bytes or len(fps) % 2 or len(fps) > 2 * MAX_SYNC_FPS:

@@ -24,7 +24,6 @@ the host.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import signal
@@ -38,7 +37,8 @@ import trio
 from swarmd.config import Config, membership_config
 from swarmd.core import load_change
 from swarmd.core.lease import CoordinatorLease, LeaseConfig
-from swarmd.core.membership import MemberChanged, Membership, MemberState, Send
+from swarmd.core.lease_gossip import deliver_claim, tick_lease
+from swarmd.core.membership import MemberChanged, Membership, MemberState, Send, UserMessage
 from swarmd.hw import capabilities as hw_caps
 from swarmd.hw import load as hw_load
 from swarmd.identity import Identity, load_or_create_identity
@@ -164,19 +164,13 @@ class Node:
         if changed:
             self._publish()
 
-    def _on_user_action(self, action: Any) -> None:
+    def _on_user_action(self, action: UserMessage) -> None:
         """User messages carried by membership: lease claims."""
         assert self.lease is not None
-        if getattr(action, "key", None) != "lease":
-            return
-        payload = getattr(action, "payload", None)
-        sender = getattr(action, "sender", "")
-        if isinstance(payload, bytes):
-            before = self.lease.current()
-            self.lease.receive(payload, sender, self._now())
-            if self.lease.current() != before:
-                self._log_lease(before)
-                self._publish()
+        before = self.lease.current()
+        if deliver_claim(self.lease, action, self._now()) and self.lease.current() != before:
+            self._log_lease(before)
+            self._publish()
 
     def _log_lease(self, before: tuple[str, int] | None) -> None:
         assert self.lease is not None
@@ -192,15 +186,8 @@ class Node:
         assert self.membership is not None and self.lease is not None
         now = self._now()
         self.membership.tick(now)
-        alive = [
-            (m.node_id, float(m.record.get("started", math.inf)))
-            for m in self.membership.members()
-            if m.state is MemberState.ALIVE
-        ]
         before = self.lease.current()
-        known = sum(1 for m in self.membership.members() if m.state is not MemberState.LEFT)
-        for claim in self.lease.tick(now, alive, known_members=known):
-            self.membership.broadcast("lease", claim)
+        tick_lease(self.lease, self.membership, now)
         if self.lease.current() != before:
             self._log_lease(before)
             self._publish()

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from swarmd.core.lease import CoordinatorLease, LeaseConfig
+from swarmd.core.lease_gossip import deliver_claim, tick_lease
 from swarmd.core.membership import (
     MemberChanged,
     Membership,
@@ -152,8 +153,8 @@ class SimNet:
             elif isinstance(a, UserMessage):
                 if self.keep_changes:
                     node.user.append(a)
-                if node.lease is not None and a.key == "lease":
-                    node.lease.receive(a.payload, a.sender, self.now)
+                if node.lease is not None:
+                    deliver_claim(node.lease, a, self.now)
         if not node.up:
             return
         d = node.deadline()
@@ -182,13 +183,7 @@ class SimNet:
         node.sched = math.inf
         node.m.tick(self.now)
         if node.lease is not None:
-            alive = [
-                (v.node_id, float(v.record.get("started", math.inf)))
-                for v in node.m.members()
-                if v.state is MemberState.ALIVE
-            ]
-            for claim in node.lease.tick(self.now, alive):
-                node.m.broadcast("lease", claim)
+            tick_lease(node.lease, node.m, self.now)
         self._after(node)
 
     def step(self) -> bool:

@@ -118,12 +118,15 @@ def test_partition_two_holders_then_heal_higher_epoch_wins() -> None:
     net = swarm(5)
     net.run_for(LC.duration + 3.0)
     a, b = ["n0", "n1"], ["n2", "n3", "n4"]
+    old_epoch = net.nodes["n0"].lease.current()[1]  # type: ignore[union-attr,index]
     net.partition(a, b)
     net.wait_for(lambda: holders(net, b) == ["n2"], LC.duration + 4 * LC.retry_period + 5.0)
-    assert holders(net, a) == ["n0"]  # two holders while split: documented
-    old_epoch = net.nodes["n0"].lease.current()[1]  # type: ignore[union-attr,index]
     new_epoch = net.nodes["n2"].lease.current()[1]  # type: ignore[union-attr,index]
     assert new_epoch > old_epoch
+    # The old holder sees 2 of 5 members alive: no majority, so it stops
+    # renewing and steps down within renew_deadline of its last renewal.
+    net.wait_for(lambda: holders(net, a) == [], LC.renew_deadline + 1.0)
+    assert net.nodes["n0"].lease.stats["stepped_down"] == 1  # type: ignore[union-attr]
     net.heal()
     net.wait_for(lambda: holders(net) == ["n2"] and agreed(net, a + b) == ("n2", new_epoch),
                  3 * CFG.push_pull_interval + 2.0)

@@ -263,6 +263,37 @@ def test_user_broadcast_reaches_everyone_once() -> None:
             assert len(got) == len(set(got))
 
 
+def test_lazy_broadcast_rides_on_probes_and_starts_no_gossip_round() -> None:
+    net = cluster(8)
+    net.run_for(30 * CFG.busy_sync_interval)  # past the join traffic
+    rounds = sum(n.m.stats["gossip_frames"] for n in net.nodes.values())
+    net.nodes["n3"].m.broadcast("k", b"lazy", lazy=True)
+    took = net.wait_for(lambda: all(UserMessage("n3", "k", b"lazy") in n.user
+                                    for n in net.nodes.values() if n.node_id != "n3"),
+                        10 * CFG.probe_interval * 8)
+    assert sum(n.m.stats["gossip_frames"] for n in net.nodes.values()) == rounds
+    assert took > CFG.gossip_interval  # carried at the probes' pace
+    # The same news sent eagerly starts gossip rounds and arrives sooner.
+    net.nodes["n3"].m.broadcast("k", b"eager")
+    took_eager = net.wait_for(lambda: all(UserMessage("n3", "k", b"eager") in n.user
+                                          for n in net.nodes.values() if n.node_id != "n3"),
+                              10 * CFG.probe_interval * 8)
+    assert sum(n.m.stats["gossip_frames"] for n in net.nodes.values()) > rounds
+    assert took_eager < took
+
+
+def test_lazy_and_eager_broadcasts_of_one_key_replace_each_other() -> None:
+    m = Membership(node_id="a", name="a", addrs=[], config=CFG, now=0.0, rng=random.Random(0))
+    m.receive("b", wire.encode_frame([wire.Alive("b", 0, "b", ())]), 0.0)
+    m.drain()
+    m.broadcast("lease", b"one")
+    m.broadcast("lease", b"two", lazy=True)
+    m.tick(1.0)
+    sent = [wire.decode_frame(a.payload) for a in m.drain() if isinstance(a, Send)]
+    users = [x for f in sent for x in f.messages if isinstance(x, wire.User)]
+    assert users and {u.payload for u in users} == {b"two"} and all(u.lazy for u in users)
+
+
 def test_malformed_and_unknown_input_is_dropped_and_counted() -> None:
     m = Membership(node_id="a", name="a", addrs=[], config=CFG, now=0.0, rng=random.Random(0))
     m.receive("b", b"\xff\x00garbage", 0.0)

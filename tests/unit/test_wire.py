@@ -114,3 +114,15 @@ def test_fuzz_mutated_vectors_only_decode_error(noise: bytes, pos: int) -> None:
             wire.decode_frame(bytes(data))
         except wire.DecodeError:
             pass
+
+
+def test_user_flags_are_an_optional_trailing_field() -> None:
+    plain = wire.User("a", "k", 1, b"x")
+    lazy = wire.User("a", "k", 1, b"x", wire.USER_LAZY)
+    assert len(msgpack.unpackb(wire.encode_message(plain))) == 5  # as before flags existed
+    assert len(msgpack.unpackb(wire.encode_message(lazy))) == 6
+    for m in (plain, lazy):
+        assert wire.decode_frame(wire.encode_frame([m])).messages == (m,)
+    bad = msgpack.packb([3, [wire.MsgType.USER, "a", "k", 1, b"x", "lazy"]])
+    with pytest.raises(wire.DecodeError):
+        wire.decode_frame(bad)

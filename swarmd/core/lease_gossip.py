@@ -1,0 +1,44 @@
+"""The coordinator lease carried by membership gossip (sans-IO glue).
+
+One place says how :class:`~swarmd.core.lease.CoordinatorLease` and
+:class:`~swarmd.core.membership.Membership` meet, so the daemon
+(:mod:`swarmd.runtime.node`) and the simulator (``tests/fakes/simnet.py``)
+run the same wiring:
+
+* The lease sees the ALIVE members with their ``record["started"]`` (its
+  preference order) and the count of non-left members (its majority check).
+* Its claims go out as user messages under :data:`LEASE_KEY`.  A new tenure
+  (seq 0) is gossiped at once; a renewal (seq > 0) is *lazy*: it rides on
+  the probes and acks every node sends anyway, so an idle swarm spends no
+  frames of its own on the lease (protocol/lease.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+from swarmd.core.lease import CoordinatorLease, decode_claim
+from swarmd.core.membership import Membership, MemberState, UserMessage
+
+LEASE_KEY = "lease"
+
+
+def tick_lease(lease: CoordinatorLease, membership: Membership, now: float) -> None:
+    """Advance ``lease`` and queue its claims on ``membership``."""
+    alive: list[tuple[str, float]] = []
+    known = 0
+    for m in membership.members():
+        if m.state is MemberState.ALIVE:
+            alive.append((m.node_id, float(m.record.get("started", math.inf))))
+        if m.state is not MemberState.LEFT:
+            known += 1
+    for claim in lease.tick(now, alive, known_members=known):
+        membership.broadcast(LEASE_KEY, claim, lazy=decode_claim(claim).seq > 0)
+
+
+def deliver_claim(lease: CoordinatorLease, msg: UserMessage, now: float) -> bool:
+    """Hand a lease user message to ``lease``; False if ``msg`` is something else."""
+    if msg.key != LEASE_KEY:
+        return False
+    lease.receive(msg.payload, msg.sender, now)
+    return True
