@@ -32,11 +32,15 @@ from swarmd.control.client import ControlClient  # noqa: E402
 from tests.fakes import netns  # noqa: E402
 from tests.fakes.daemon import Daemon, wait_for  # noqa: E402
 
+#: Highest Lifeguard health score any polled daemon reported since reset.
+_health = [0]
+
 
 def _states(d: Daemon) -> dict[str, str]:
     # In-process control client: a swarmctl subprocess per poll would load the
     # 2 cores the daemons run on and distort the figures.
     doc = ControlClient(d.socket, timeout=5).status()
+    _health[0] = max(_health[0], int(doc.get("health_score") or 0))
     return {n["name"]: n["state"] for n in doc["nodes"]}
 
 
@@ -58,20 +62,24 @@ def run_size(n: int, kills: int, profile: str, root: Path) -> dict[str, object]:
         wait_for(lambda: _see_all(nodes, want), 120, interval=0.05, what="convergence")
         converge = time.monotonic() - t_last
         detections = []
+        healths: list[int] = []  # worst survivor health score while each kill was detected
         for k in range(kills):
             # One failure at a time in a full swarm: kill, time, restart, rejoin.
             v = nodes[1 + k % (n - 1)]
             v.signal(signal.SIGKILL)
             v.wait()
             t0 = time.monotonic()
+            _health[0] = 0
             rest = [d for d in nodes if d.alive()]
             wait_for(lambda v=v, rest=rest: _see_all(rest, {v.name: "dead"}), 120,  # type: ignore[misc]
                      interval=0.05, what="detection")
             detections.append(time.monotonic() - t0)
+            healths.append(_health[0])
             v.start()
             wait_for(lambda: _see_all(nodes, want), 120, interval=0.1, what="rejoin")
         idle = idle_cost(nodes[0]) if n == 3 else None
-        return {"n": n, "converge": converge, "detections": detections, "idle": idle}
+        return {"n": n, "converge": converge, "detections": detections, "healths": healths,
+                "idle": idle}
     finally:
         for d in nodes:
             if d.alive():
@@ -162,6 +170,12 @@ def main() -> None:
         print(f"\ndetection over all {len(every)} kills: p99 {p99:.2f} s, "
               f"{within} within 6 s (target p99 <= 6 s); sorted: "
               + " ".join(f"{d:.2f}" for d in every))
+        pairs = sorted((d, h) for r in rows
+                       for d, h in zip(r["detections"], r["healths"], strict=True))  # type: ignore[call-overload]
+        slow = [f"{d:.2f} s (health {h})" for d, h in pairs if d > 5.0]
+        print("worst survivor Lifeguard health score during each kill slower than 5 s: "
+              + (", ".join(slow) or "none") + "; during the others: "
+              + str(sorted({h for d, h in pairs if d <= 5.0})))
     for r in rows:
         idle = r["idle"]
         if isinstance(idle, dict):

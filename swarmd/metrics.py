@@ -112,6 +112,10 @@ class SwarmCollector(Collector):
         yield GaugeMetricFamily("swarmd_is_coordinator",
                                 "1 while this node holds the coordinator lease",
                                 value=1 if coord and coord[0] == snap.node_id else 0)
+        yield GaugeMetricFamily("swarmd_health_score",
+                                "Lifeguard local health: 0 healthy; each point stretches "
+                                "this node's probe interval by one interval",
+                                value=snap.health_score)
         groups: dict[str, Mapping[str, int]] = {"": snap.stats}
         for prefix, fn in self.counters.items():
             groups[prefix] = fn()

@@ -34,6 +34,27 @@ from __future__ import annotations
 
 import math
 
+from swarmd.core.membership_config import MembershipConfig
+
+
+def relay_timeout(config: MembershipConfig) -> float:
+    """Seconds a PING_REQ helper waits for the target's ack before its NACK.
+
+    ``0.8 * min(probe_timeout, probe_interval - probe_timeout)``.  The asker
+    sends PING_REQ ``probe_timeout`` into its probe and stops counting nacks
+    at ``probe_interval`` (more when its own health stretches it), so a nack
+    must be sent well inside the remaining ``probe_interval -
+    probe_timeout``; the 20% margin is for the two network legs.  Waiting a
+    full ``probe_timeout`` (memberlist's relay timer) lands the nack just
+    after the asker's deadline in the lan profile (0.5 + 0.5 = 1.0 s), and
+    every failed probe of a truly dead node then counted all helpers'
+    nacks as missing: the survivors raised their own health score and
+    slowed their probing, the opposite of Lifeguard's intent.  lan: 0.4 s,
+    wan: 1.6 s, local: 0.08 s.
+    """
+    c = config
+    return 0.8 * min(c.probe_timeout, c.probe_interval - c.probe_timeout)
+
 
 class Awareness:
     """Local health score (0 = healthy)."""

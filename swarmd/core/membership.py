@@ -63,6 +63,7 @@ from swarmd.core.lifeguard import (
     Awareness,
     Suspicion,
     push_pull_scale,
+    relay_timeout,
     retransmit_limit,
     suspicion_timeouts,
 )
@@ -859,7 +860,7 @@ class Membership:
                 self._send(sender, [wire.encode_message(wire.Ack(msg.seq))])
                 return
             seq = self._next_seq()
-            self._relays[seq] = _Relay(sender, msg.seq, now + self.config.probe_timeout,
+            self._relays[seq] = _Relay(sender, msg.seq, now + relay_timeout(self.config),
                                        msg.nack)
             self.stats["relayed_pings"] += 1
             addrs = msg.addrs or self._addrs_of(msg.target)

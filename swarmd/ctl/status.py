@@ -27,7 +27,11 @@ def header(doc: dict[str, Any]) -> str:
     else:
         ctext = "none"
     alive = sum(1 for n in nodes if n.get("state") == "alive")
-    return f"this node: {me}   coordinator: {ctext}   nodes: {alive} alive / {len(nodes)} known"
+    out = f"this node: {me}   coordinator: {ctext}   nodes: {alive} alive / {len(nodes)} known"
+    health = doc.get("health_score")
+    if isinstance(health, int) and health > 0:
+        out += f"   local health: {health} (probing slowed {health + 1}x)"
+    return out
 
 
 def run(client: ControlClient, args: argparse.Namespace) -> int:

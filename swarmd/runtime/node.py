@@ -314,6 +314,7 @@ class Node:
                 joined=len(nodes) > 1 or not (self.cfg.p2p.seeds or self.cfg.p2p.mdns),
                 stats=stats,
                 seq=self._snap_seq,
+                health_score=self.membership.health,
             )
         )
 

@@ -37,6 +37,10 @@ class Snapshot:
     joined: bool  # at least one other member seen, or running alone on purpose
     stats: Mapping[str, int] = field(default_factory=dict)
     seq: int = 0
+    #: Lifeguard local health (memberlist's health score): 0 is healthy; each
+    #: point stretches this node's probe interval by one more interval
+    #: because its own probes and nacks came back late.
+    health_score: int = 0
 
     def alive(self) -> list[NodeInfo]:
         return [n for n in self.nodes if n.state == "alive"]
@@ -53,6 +57,7 @@ class Snapshot:
             "name": self.name,
             "addrs": list(self.addrs),
             "coordinator": coord,
+            "health_score": self.health_score,
             "nodes": [
                 {
                     "node_id": n.node_id,

@@ -60,7 +60,7 @@ def fake_snapshot() -> Snapshot:
             _node(BETA, "beta", caps={}),
             _node(GAMMA, "gamma", state="suspect"),
         ),
-        joined=True, stats={"dropped": 0}, seq=5,
+        joined=True, stats={"dropped": 0}, seq=5, health_score=2,
     )
 
 

@@ -64,6 +64,7 @@ def test_status_table(served: tuple) -> None:
     out = r.stdout
     first = out.splitlines()[0]
     assert "this node: alpha" in first and "coordinator: beta epoch 7" in first
+    assert "local health: 2 (probing slowed 3x)" in first
     for name in ("alpha", "beta", "gamma"):
         assert name in out
     assert short_id(ALPHA) in out

@@ -104,6 +104,21 @@ def test_steady_state_single_holder_is_the_oldest() -> None:
     assert holders(net) == ["n0"] and agreed(net, list(net.nodes)) == ("n0", 1)
 
 
+def test_lazy_renewals_hold_the_lease_in_a_lossy_swarm_of_30() -> None:
+    # Renewals ride only on probes and acks (lazy user messages): they must
+    # still reach every node well inside `duration`, at 5% loss.
+    net = SimNet(5, loss=0.05, keep_changes=False)
+    for i in range(30):
+        net.add(f"n{i}", CFG, record={"started": 100.0 + i}, lease=LC)
+    for i in range(1, 30):
+        net.join(f"n{i}", "n0")
+    net.run_for(LC.duration + 5.0)
+    for _ in range(40):  # ten lease durations
+        net.run_for(LC.duration / 4)
+        assert agreed(net, list(net.nodes)) == ("n0", 1)
+    assert sum(n.lease.stats["acquired"] for n in net.nodes.values()) == 1  # type: ignore[union-attr]
+
+
 def test_holder_killed_new_holder_with_higher_epoch() -> None:
     net = swarm(5)
     net.run_for(LC.duration + 3.0)

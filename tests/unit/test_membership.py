@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from swarmd.core import wire
-from swarmd.core.lifeguard import suspicion_timeouts
+from swarmd.core.lifeguard import relay_timeout, suspicion_timeouts
 from swarmd.core.membership import (
     PROFILES,
     MemberChanged,
@@ -478,3 +478,23 @@ def test_records_ride_with_entries_only_towards_v3_peers() -> None:
     assert [type(x) for x in new] == [wire.PushPull, wire.Record, wire.Record]
     assert new[0].records  # type: ignore[union-attr]
     assert [r.node for r in new[1:]] == ["n1", "n2"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("profile", ["lan", "local", "wan"])
+def test_helpers_nack_before_the_prober_stops_counting(profile: str) -> None:
+    # A truly dead node: its prober's helpers nack in time, so the prober's
+    # own health score stays 0 (Lifeguard raises it only for missing nacks).
+    cfg = PROFILES[profile]
+    assert cfg.probe_timeout + relay_timeout(cfg) < cfg.probe_interval
+    net = SimNet(3)
+    for i in range(5):
+        net.add(f"n{i}", cfg, record={"started": float(i)})
+    for i in range(1, 5):
+        net.join(f"n{i}", "n0")
+    net.wait_for(net.converged, 60 * cfg.probe_interval)
+    net.kill("n4")
+    net.wait_for(lambda: net.all_see("n4", MemberState.DEAD), 60 * cfg.probe_interval)
+    survivors = [net.nodes[f"n{i}"].m for i in range(4)]
+    assert sum(m.stats["probe_failures"] for m in survivors) > 0
+    assert sum(m.stats["nacks_sent"] for m in survivors) > 0
+    assert [m.health for m in survivors] == [0, 0, 0, 0]

@@ -45,6 +45,7 @@ def test_collector_reads_snapshot_engines_and_counters_at_scrape_time() -> None:
     assert got["swarmd_coordinator_epoch{}"] == 7
     assert got["swarmd_is_coordinator{}"] == 0  # beta holds it, we are alpha
     assert got["swarmd_dropped_total{}"] == 0
+    assert got["swarmd_health_score{}"] == 2
     assert got["swarmd_forward_client_requests_total{}"] == 3
     assert got["swarmd_engine_healthy{engine=e1,kind=llamacpp}"] == 1
     assert got["swarmd_engine_healthy{engine=e2,kind=vllm}"] == 0
