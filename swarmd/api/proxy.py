@@ -57,14 +57,7 @@ from swarmd.api.upstream import (
 )
 from swarmd.api.validate import ParsedRequest, parse_request
 from swarmd.config import ApiSection, RoutingSection
-from swarmd.core.routing import (
-    Candidate,
-    EngineLoad,
-    RequestFeatures,
-    Router,
-    Target,
-    affinity_key,
-)
+from swarmd.core.routing import Candidate, RequestFeatures, Router, Target, affinity_key
 from swarmd.runtime.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -232,10 +225,7 @@ class Proxy:
     def _fresh(c: Candidate, engines: LocalEngines) -> Candidate:
         """A local engine with its load as of now, not as of its last poll."""
         cur = engines.current_load(c.target.engine_id) if c.is_local else None
-        if cur is None:
-            return c
-        return replace(c, load=EngineLoad(running=cur.running, waiting=cur.waiting,
-                                          kv_cache=cur.kv_cache, capacity=cur.capacity or None))
+        return c if cur is None else replace(c, load=cur)
 
     async def _open(self, target: Target, req: ProxyRequest,
                     deadlines: Deadlines) -> UpstreamResponse:

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from swarmd.core.routing import EngineLoad
+
 #: Engine statuses that mean "not now, try elsewhere" (retryable before the first byte).
 RETRY_STATUSES = {429: "saturated", 503: "unavailable"}
 
@@ -120,20 +122,9 @@ class LocalEngines(Protocol):
         """Counts one request in flight on the engine while entered."""
         ...
 
-    def current_load(self, engine_id: str) -> LoadLike | None:
+    def current_load(self, engine_id: str) -> EngineLoad | None:
         """The engine's load now: polled load corrected by fresh in-flight counts."""
         ...
-
-
-class LoadLike(Protocol):
-    @property
-    def running(self) -> int | None: ...
-    @property
-    def waiting(self) -> int | None: ...
-    @property
-    def kv_cache(self) -> float | None: ...
-    @property
-    def capacity(self) -> int | None: ...
 
 
 def retry_after_of(headers: Mapping[str, str]) -> float | None:

@@ -155,14 +155,24 @@ class CoordinatorLease:
         alive_members: Sequence[tuple[str, float]],
         known_members: int | None = None,
     ) -> list[bytes]:
-        """Advance; returns claims to broadcast.  ``alive_members``: (node id,
-        record["started"]) of ALIVE members, self included.  ``known_members``:
-        optional count of non-left members (alive, suspect, dead) -- if given,
-        holding needs a strict majority of them alive in our view."""
+        """Advance; returns encoded claims to broadcast (see :meth:`tick_claims`)."""
+        return [encode_claim(c) for c in self.tick_claims(now, alive_members, known_members)]
+
+    def tick_claims(
+        self,
+        now: float,
+        alive_members: Sequence[tuple[str, float]],
+        known_members: int | None = None,
+    ) -> list[Claim]:
+        """Advance; returns claims to broadcast (seq 0: a new tenure, else a
+        renewal).  ``alive_members``: (node id, record["started"]) of ALIVE
+        members, self included.  ``known_members``: optional count of non-left
+        members (alive, suspect, dead) -- if given, holding needs a strict
+        majority of them alive in our view."""
         self._now = max(self._now, now)
         cfg = self.config
         quorum = known_members is None or 2 * len(alive_members) > known_members
-        out: list[bytes] = []
+        out: list[Claim] = []
         if self._holding:
             assert self._claim is not None
             if now >= self._next_renew:
@@ -172,7 +182,7 @@ class CoordinatorLease:
                     self._claim = c
                     self._last_ok = now
                     self._expiry = now + cfg.duration
-                    out.append(encode_claim(c))
+                    out.append(c)
             if now - self._last_ok >= cfg.renew_deadline:
                 self._holding = False
                 self.stats["stepped_down"] += 1
@@ -193,7 +203,7 @@ class CoordinatorLease:
                 self._expiry = now + cfg.duration
                 self._next_renew = now + cfg.retry_period
                 self.stats["acquired"] += 1
-                out.append(encode_claim(c))
+                out.append(c)
             else:
                 self._next_poll = now + cfg.retry_period
         return out

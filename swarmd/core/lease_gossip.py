@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from swarmd.core.lease import CoordinatorLease, decode_claim
+from swarmd.core.lease import CoordinatorLease, encode_claim
 from swarmd.core.membership import Membership, MemberState, UserMessage
 
 LEASE_KEY = "lease"
@@ -32,8 +32,8 @@ def tick_lease(lease: CoordinatorLease, membership: Membership, now: float) -> N
             alive.append((m.node_id, float(m.record.get("started", math.inf))))
         if m.state is not MemberState.LEFT:
             known += 1
-    for claim in lease.tick(now, alive, known_members=known):
-        membership.broadcast(LEASE_KEY, claim, lazy=decode_claim(claim).seq > 0)
+    for claim in lease.tick_claims(now, alive, known_members=known):
+        membership.broadcast(LEASE_KEY, encode_claim(claim), lazy=claim.seq > 0)
 
 
 def deliver_claim(lease: CoordinatorLease, msg: UserMessage, now: float) -> bool:

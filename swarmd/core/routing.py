@@ -98,7 +98,12 @@ def _opt_frac(v: Any) -> float | None:
 
 @dataclass(frozen=True)
 class EngineLoad:
-    """An engine's gossiped load (RECORDS.md ``engines[].load``); None = unknown."""
+    """An engine's load (RECORDS.md ``engines[].load``); None = unknown.
+
+    One type end to end: an engine plugin returns it from ``Engine.load``,
+    the engine manager gossips it (:meth:`as_record`), and routing reads it
+    back from other nodes' records (:meth:`from_record`).
+    """
 
     running: int | None = None
     waiting: int | None = None
@@ -117,6 +122,10 @@ class EngineLoad:
             kv_cache=_opt_frac(raw.get("kv_cache")),
             capacity=cap if cap else None,
         )
+
+    def as_record(self) -> dict[str, Any]:
+        return {"running": self.running, "waiting": self.waiting,
+                "kv_cache": self.kv_cache, "capacity": self.capacity}
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from swarmd.core.routing import EngineLoad as EngineLoad  # re-exported: plugins build it
+
 #: OpenAI routes that engines serve and the API forwards.
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
@@ -120,20 +122,6 @@ class ModelInfo:
     id: str
     loaded: bool | None = None  # None: the engine does not say
     meta: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
-
-
-@dataclass(frozen=True)
-class EngineLoad:
-    """Live load; None = the engine cannot tell (RECORDS.md ``engines[].load``)."""
-
-    running: int | None = None
-    waiting: int | None = None
-    kv_cache: float | None = None  # 0..1
-    capacity: int | None = None
-
-    def as_record(self) -> dict[str, Any]:
-        return {"running": self.running, "waiting": self.waiting,
-                "kv_cache": self.kv_cache, "capacity": self.capacity}
 
 
 @dataclass(frozen=True)

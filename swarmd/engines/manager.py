@@ -382,7 +382,7 @@ class EngineManager:
         if load.running is not None or load.waiting is not None:
             others = max(0, (load.running or 0) + (load.waiting or 0) - slot.polled_inflight)
         return EngineLoad(running=slot.inflight + others, waiting=0, kv_cache=load.kv_cache,
-                          capacity=slot.spec.capacity or load.capacity)
+                          capacity=slot.spec.capacity or load.capacity or None)
 
     @contextlib.contextmanager
     def inflight(self, engine_id: str) -> Iterator[None]:

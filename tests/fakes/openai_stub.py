@@ -28,6 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
+from swarmd.core.routing import EngineLoad
+
 SSE_CHUNKS = [
     b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":'
     b'{"role":"assistant","content":""}}]}\n\n',
@@ -161,14 +163,6 @@ class _Req:
     body: bytes
 
 
-@dataclass(frozen=True)
-class _Load:
-    running: int
-    waiting: int = 0
-    kv_cache: float | None = None
-    capacity: int = 4
-
-
 class StubEngines:
     """LocalEngines over stubs: engine id -> StubEngine."""
 
@@ -192,10 +186,10 @@ class StubEngines:
         finally:
             self.inflight_now[engine_id] -= 1
 
-    def current_load(self, engine_id: str) -> _Load | None:
+    def current_load(self, engine_id: str) -> EngineLoad | None:
         if engine_id not in self.by_id:
             return None
-        return _Load(self.inflight_now.get(engine_id, 0))
+        return EngineLoad(running=self.inflight_now.get(engine_id, 0), waiting=0, capacity=4)
 
     def records(self, healthy: bool = True) -> list[dict[str, Any]]:
         """The RECORDS.md ``engines`` entries of these stubs."""
