@@ -29,13 +29,13 @@ from swarmd.api.app import ApiDeps, ApiServer
 from swarmd.api.upstream import LocalUpstream
 from swarmd.config import ApiSection, RoutingSection
 from swarmd.core.routing import Router
+from swarmd.core.snapshot import Snapshot
 from swarmd.runtime.bridge import Bridge
 from swarmd.runtime.forward import BridgedForwarder, ForwardClient, ForwardServer
-from swarmd.runtime.snapshot import Snapshot
-from tests.fakes.loops import AsyncioThread, in_asyncio
+from swarmd.testing.loops import AsyncioThread, in_asyncio
+from swarmd.testing.streams import MemOpener
+from swarmd.testing.swarm_snapshot import node, snapshot
 from tests.fakes.openai_stub import StubEngine, StubEngines
-from tests.fakes.streams import MemOpener
-from tests.fakes.swarm_snapshot import node, snapshot
 
 BODIES = {
     "chat": b'{"model":"tiny","messages":[{"role":"user","content":"hi"}]}',

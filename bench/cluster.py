@@ -29,8 +29,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swarmd.control.client import ControlClient  # noqa: E402
-from tests.fakes import netns  # noqa: E402
-from tests.fakes.daemon import Daemon, wait_for  # noqa: E402
+from swarmd.testing import netns  # noqa: E402
+from swarmd.testing.daemon import Daemon, wait_for  # noqa: E402
 
 #: Highest Lifeguard health score any polled daemon reported since reset.
 _health = [0]

@@ -173,7 +173,7 @@ def _engines_toml(kind: str, engines: dict[str, str]) -> str:
 def start_daemons(procs: Procs, kind: str, engines: dict[str, str], tmp: Path,
                   remote: bool, profile: str) -> tuple[str, str | None]:
     """The local daemon's API URL (and, if ``remote``, the engineless peer's)."""
-    from tests.fakes.daemon import Daemon
+    from swarmd.testing.daemon import Daemon
 
     secret = secrets.token_hex(32)
     root = tmp / "daemons"

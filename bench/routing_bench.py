@@ -145,7 +145,11 @@ class SwarmdRouter(Policy):
     def __init__(self, engines: list[Eng], rng: random.Random,
                  spill_load: float | None = None) -> None:
         super().__init__(len(engines), rng)
-        cfg = RouterConfig() if spill_load is None else RouterConfig(spill_load=spill_load)
+        # The in-process policy has no queue of its own (the daemon's API has
+        # one): like the other policies here it lets engines queue up to 8
+        # per slot.
+        cfg = RouterConfig(max_queue_per_slot=8.0) if spill_load is None else RouterConfig(
+            spill_load=spill_load, max_queue_per_slot=8.0)
         self.router = Router(cfg, rng=rng)
         self.targets = [Target("bench-node", e.shape.name) for e in engines]
         self.cands = [Candidate(t, kind="simulated", is_local=True,
@@ -401,7 +405,7 @@ def llama_part(a: argparse.Namespace) -> None:
             fresh = workload(rng, 1, a.llama_requests, a.llama_prefix, True)
             reqs = workload(random.Random(a.seed), a.llama_sessions, a.llama_requests,
                             a.llama_prefix, False)
-            router = Router(rng=random.Random(a.seed))
+            router = Router(RouterConfig(max_queue_per_slot=8.0), rng=random.Random(a.seed))
             targets = [Target("n", f"llama{i}") for i in range(n)]
             cands = [Candidate(t, kind="llamacpp", is_local=True, load=EngineLoad(capacity=1))
                      for t in targets]
@@ -442,7 +446,7 @@ def llama_part(a: argparse.Namespace) -> None:
 
 
 def start_daemon(procs: Procs, engines: list[Eng], tmp: Path) -> str:
-    from tests.fakes.daemon import Daemon as RealDaemon
+    from swarmd.testing.daemon import Daemon as RealDaemon
 
     toml = "\n".join(
         f'[[engines]]\nkind = "simulated"\nurl = "{e.url}"\nid = "{e.shape.name}"\n'

@@ -1,7 +1,7 @@
 """The coordinator lease over gossip, in virtual time: renewal spread and cost.
 
-Drives the sans-IO membership and lease (tests/fakes/simnet.py, the same
-wiring the daemon runs: swarmd.core.lease_gossip) with the lan profile, the
+Drives the daemon's own node machine (swarmd.core.node.NodeMachine:
+membership, lease and their wiring) in swarmd/testing/simnet.py with the lan profile, the
 client-go lease timing (15/10/2 s), 1% loss and 2-5 ms delay on every link.
 After the swarm has settled and elected its coordinator, for ``--seconds``
 of virtual time it measures:
@@ -32,7 +32,7 @@ from typing import Any
 
 from swarmd.core.lease import Claim, LeaseConfig, decode_claim
 from swarmd.core.membership import PROFILES, Membership
-from tests.fakes.simnet import SimNet
+from swarmd.testing.simnet import SimNet
 
 
 def _eager(broadcast: Callable[..., None]) -> Callable[..., None]:

@@ -1,6 +1,7 @@
 """Membership at scale in virtual time: convergence, failure detection, bytes.
 
-Drives the sans-IO core alone (tests/fakes/simnet.py) with the LAN profile
+Drives the daemon's sans-IO node machine (swarmd.core.node.NodeMachine, in
+swarmd/testing/simnet.py) with the LAN profile
 (memberlist defaults), 1% loss on every link, 2-5 ms one-way delay, realistic
 52-character peer ids and a ~200-byte record per node.
 
@@ -28,7 +29,7 @@ import random
 import time
 
 from swarmd.core.membership import PROFILES, MemberChanged, MemberState
-from tests.fakes.simnet import SimNet, SimNode
+from swarmd.testing.simnet import SimNet, SimNode
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 

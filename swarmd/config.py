@@ -13,8 +13,11 @@ or ``host:port`` raises :class:`ConfigError` naming the dotted key (for example
 that need the machine (is a port free?) are done by :func:`check_ports` at
 start-up, with the same error type.
 
-This is the only module that reads the environment (``HOME``,
-``XDG_RUNTIME_DIR``, user id, hostname) and only when a default needs it.
+The tree itself (every section and field with its default, unit and why)
+is :mod:`swarmd.config_tree`, re-exported here.  The two modules are the only
+ones that read the environment (``HOME``, ``XDG_RUNTIME_DIR``, user id,
+hostname for defaults; ``api_key_env`` and the HF token variable when a
+config names them).
 """
 
 from __future__ import annotations
@@ -26,11 +29,29 @@ import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli as tomllib  # the design card's TOML reader (same API as stdlib tomllib)
+
+from swarmd.config_tree import (  # noqa: F401  (the tree, re-exported)
+    ApiSection,
+    Config,
+    ControlSection,
+    EngineEntry,
+    LeaseSection,
+    LocalEnginesSection,
+    LogSection,
+    MembershipSection,
+    ModelsSection,
+    NodeSection,
+    P2PSection,
+    RoutingSection,
+    _is_root,
+    default_control_socket,
+    default_data_dir,
+    default_name,
+)
 
 
 class ConfigError(ValueError):
@@ -40,194 +61,6 @@ class ConfigError(ValueError):
         super().__init__(f"config error at {key}: {problem}")
         self.key = key
         self.problem = problem
-
-
-# --------------------------------------------------------------------------
-# Defaults that depend on the machine (the only environment reads).
-
-
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def default_name() -> str:
-    """The node name when none is configured: the host name."""
-    return socket.gethostname().split(".")[0] or "swarmd"
-
-
-def default_data_dir() -> Path:
-    """Where the identity key, swarm secret and state live."""
-    if _is_root():
-        return Path("/var/lib/swarmd")
-    return Path.home() / ".local" / "share" / "swarmd"
-
-
-def default_control_socket() -> Path:
-    """The control socket that ``swarmctl`` uses when given no ``--socket``."""
-    if _is_root():
-        return Path("/run/swarmd/swarmd.sock")
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "swarmd" / "swarmd.sock"
-    return Path.home() / ".local" / "state" / "swarmd" / "swarmd.sock"
-
-
-# --------------------------------------------------------------------------
-# The tree.  Every field says its unit and why it has its default.
-
-
-@dataclass(frozen=True)
-class NodeSection:
-    #: Human-readable node name shown by ``swarmctl``; default the host name.
-    name: str = field(default_factory=default_name)
-    #: Directory for ``identity.key`` (Ed25519, mode 0600), ``swarm.secret``
-    #: and other state.  Created on start.
-    data_dir: Path = field(default_factory=default_data_dir)
-    #: Seconds a graceful stop (SIGTERM, ``swarmctl leave``) may take before
-    #: the process exits anyway, status 1, with a log line saying so.  Covers
-    #: the leave gossip (~1 s), closing listeners and engines' sessions (5 s
-    #: each at most); 10 s is under the shipped unit's TimeoutStopSec=15, so
-    #: the daemon, not systemd's SIGKILL, decides how it ends.
-    stop_timeout: float = 10.0
-
-
-@dataclass(frozen=True)
-class P2PSection:
-    #: libp2p listen multiaddrs (TCP).  0.0.0.0 so other machines can reach
-    #: this one; admission (the swarm secret) keeps strangers out.
-    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4100",)
-    #: Peers to introduce ourselves to: ``/ip4/H/tcp/P/p2p/ID``,
-    #: ``/ip4/H/tcp/P`` or ``host:port``.  Re-dialled every
-    #: ``seed_retry_interval`` while they are not members.
-    seeds: tuple[str, ...] = ()
-    #: Find peers on the local link with mDNS (zeroconf).
-    mdns: bool = True
-    #: Network interface names mDNS binds to; empty = all.  zeroconf is more
-    #: reliable bound to one interface (FIELD-NOTES).
-    mdns_interfaces: tuple[str, ...] = ()
-    #: The swarm secret: 64 hex chars (32 bytes).  Only nodes that know it are
-    #: admitted.  Empty = read ``secret_file``, else ``data_dir/swarm.secret``
-    #: (generated on first start).
-    secret: str = ""
-    #: File holding the secret as 64 hex chars.
-    secret_file: str = ""
-    #: Seconds between re-dials of seeds that are not members yet.
-    seed_retry_interval: float = 5.0
-
-
-@dataclass(frozen=True)
-class MembershipSection:
-    #: Named timing profile: ``lan`` (memberlist LAN defaults), ``wan`` or
-    #: ``local`` (loopback tests).  See swarmd.core.membership.PROFILES.
-    profile: str = "lan"
-    #: Field overrides applied on top of the profile, e.g.
-    #: ``probe_interval = 0.5`` (units as in MembershipConfig's docs).
-    overrides: Mapping[str, float | int] = field(default_factory=dict)
-    #: Seconds between refreshes of this node's load in its gossiped record.
-    #: The gossip layer may stretch it on large swarms to hold its budget.
-    load_interval: float = 2.0
-    #: Seconds after which our load is gossiped even if no figure moved past
-    #: its tolerance (swarmd.core.load_change: 5 points of CPU or GPU %, 3 C,
-    #: 0.5 of load average, 5% of memory or power).  Between two such changes
-    #: an idle node sends no load updates, which keeps an idle swarm quiet;
-    #: a reader's view of a node's host load is never older than this.
-    load_heartbeat: float = 30.0
-
-
-@dataclass(frozen=True)
-class LeaseSection:
-    #: Seconds a coordinator lease lasts without renewal (client-go: 15 s).
-    duration: float = 15.0
-    #: Seconds within which a holder must renew or step down (< duration).
-    renew_deadline: float = 10.0
-    #: Seconds between renewals and acquisition attempts (< renew_deadline).
-    retry_period: float = 2.0
-
-
-@dataclass(frozen=True)
-class ApiSection:
-    #: host:port of the OpenAI-compatible HTTP port.  Loopback by default:
-    #: opening it to the network is a deliberate choice.
-    listen: str = "127.0.0.1:4180"
-    #: Largest request body accepted, bytes (413 above it).
-    max_body_bytes: int = 8 * 1024 * 1024
-    #: Seconds to connect to an engine or open a stream to a peer (502 after).
-    connect_timeout: float = 5.0
-    #: Seconds to wait for the first byte of an answer (504 after).  Long,
-    #: since a cold engine may load a model first.
-    first_byte_timeout: float = 300.0
-    #: Seconds between two chunks of a streaming answer before giving up.
-    idle_timeout: float = 120.0
-    #: Seconds a whole request may take (504 after).
-    request_timeout: float = 1800.0
-
-
-@dataclass(frozen=True)
-class RoutingSection:
-    #: Model name aliases: a request for the key is served as the value.
-    aliases: Mapping[str, str] = field(default_factory=dict)
-    #: Number of leading messages hashed for prefix affinity.
-    affinity_messages: int = 2
-    #: Load (in-flight / capacity) above which affinity spills to others.
-    spill_load: float = 0.8
-
-
-@dataclass(frozen=True)
-class EngineEntry:
-    #: Engine kind: a built-in (llamacpp, ollama, vllm, tgi, mlx, openai,
-    #: simulated) or a plugin's entry point name.
-    kind: str
-    #: Base URL of the engine, e.g. ``http://127.0.0.1:8080``.
-    url: str
-    #: Node-local id; default ``<kind>-<port>``.
-    id: str = ""
-    #: Static model list / allow-list; empty = ask the engine.
-    models: tuple[str, ...] = ()
-    #: File holding an API key for the upstream (never gossiped or logged).
-    api_key_file: str = ""
-    #: Environment variable holding that key (read here, at config load).
-    api_key_env: str = ""
-    #: Max concurrent requests the engine handles well, if known.
-    capacity: int = 0
-    #: Resolved key (from api_key_file / api_key_env), not a TOML key.
-    api_key: str = field(default="", repr=False)
-
-
-@dataclass(frozen=True)
-class LocalEnginesSection:
-    #: Probe the usual local ports (llama.cpp 8080, Ollama 11434, vLLM 8000,
-    #: ...) for engines nobody configured.
-    detect: bool = True
-    #: Seconds between health/model/load polls of local engines.
-    poll_interval: float = 2.0
-
-
-@dataclass(frozen=True)
-class ControlSection:
-    #: Unix socket of the local control API used by ``swarmctl``.
-    socket: Path = field(default_factory=default_control_socket)
-
-
-@dataclass(frozen=True)
-class LogSection:
-    #: debug, info, warning, error.
-    level: str = "info"
-    #: ``text`` for people, ``json`` for log collectors (one object a line).
-    format: str = "text"
-
-
-@dataclass(frozen=True)
-class Config:
-    node: NodeSection = field(default_factory=NodeSection)
-    p2p: P2PSection = field(default_factory=P2PSection)
-    membership: MembershipSection = field(default_factory=MembershipSection)
-    lease: LeaseSection = field(default_factory=LeaseSection)
-    api: ApiSection = field(default_factory=ApiSection)
-    routing: RoutingSection = field(default_factory=RoutingSection)
-    engines: tuple[EngineEntry, ...] = ()
-    local_engines: LocalEnginesSection = field(default_factory=LocalEnginesSection)
-    control: ControlSection = field(default_factory=ControlSection)
-    log: LogSection = field(default_factory=LogSection)
 
 
 # --------------------------------------------------------------------------
@@ -265,7 +98,7 @@ def check_multiaddr(value: str, *, need_tcp: bool = True) -> None:
 
 def check_seed(value: str) -> None:
     """A seed is a multiaddr (with or without /p2p/) or ``host:port``."""
-    from swarmd.runtime.p2p_addrs import parse_seed
+    from swarmd.core.addrs import parse_seed
 
     parse_seed(value)
 
@@ -347,6 +180,7 @@ _SECTIONS: dict[str, Any] = {
     "local_engines": LocalEnginesSection,
     "control": ControlSection,
     "log": LogSection,
+    "models": ModelsSection,
 }
 
 
@@ -378,6 +212,10 @@ def _engines(value: Any) -> tuple[EngineEntry, ...]:
             if req not in item:
                 raise ConfigError(f"{key}.{req}", "missing (required)")
         entry = _build(EngineEntry, item, key)
+        for j, cap in enumerate(entry.capabilities):
+            if cap not in ENGINE_CAPABILITIES:
+                raise ConfigError(f"{key}.capabilities[{j}]",
+                                  f"{cap!r} is not one of {', '.join(ENGINE_CAPABILITIES)}")
         out.append(dataclasses.replace(entry, api_key=_resolve_key(entry, key)))
     return tuple(out)
 
@@ -397,6 +235,9 @@ def _resolve_key(entry: EngineEntry, key: str) -> str:
 
 
 _LEVELS = ("debug", "info", "warning", "error")
+
+#: Values of ``[[engines]] capabilities`` (swarmd.engines.base.CAPABILITIES).
+ENGINE_CAPABILITIES = ("chat", "completions", "embeddings")
 
 
 def validate(cfg: Config) -> None:
@@ -435,8 +276,17 @@ def validate(cfg: Config) -> None:
         ipaddress.ip_address(host) if host[0].isdigit() or ":" in host else None
     except ValueError as exc:
         raise ConfigError("api.listen", str(exc)) from None
+    if cfg.api.ollama_listen:
+        try:
+            parse_hostport(cfg.api.ollama_listen)
+        except ValueError as exc:
+            raise ConfigError("api.ollama_listen", str(exc)) from None
     if cfg.api.max_body_bytes <= 0:
         raise ConfigError("api.max_body_bytes", "must be positive")
+    if cfg.routing.queue_timeout < 0:
+        raise ConfigError("routing.queue_timeout", "must be >= 0 seconds")
+    if cfg.routing.queue_max < 0:
+        raise ConfigError("routing.queue_max", "must be >= 0")
     for name, target in cfg.routing.aliases.items():
         if not isinstance(target, str) or not target:
             raise ConfigError(f"routing.aliases.{name}", "alias target must be a model name")
@@ -449,6 +299,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("log.level", f"must be one of {', '.join(_LEVELS)}")
     if cfg.log.format not in ("text", "json"):
         raise ConfigError("log.format", "must be text or json")
+    _validate_models(cfg.models)
 
 
 def _validate_membership(m: MembershipSection) -> None:
@@ -467,6 +318,38 @@ def _validate_membership(m: MembershipSection) -> None:
             raise ConfigError(f"membership.overrides.{k}", "unknown membership field")
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
             raise ConfigError(f"membership.overrides.{k}", "expected a non-negative number")
+
+
+def _validate_models(m: ModelsSection) -> None:
+    for key in ("max_disk", "max_transfer_rate"):
+        if getattr(m, key) < 0:
+            raise ConfigError(f"models.{key}", "must be >= 0 bytes (0 = unlimited)")
+    for key in ("hf_endpoint", "ollama_registry"):
+        if not re.match(r"^https?://[^/\s]+", getattr(m, key)):
+            raise ConfigError(f"models.{key}", f"{getattr(m, key)!r} is not an http(s) URL")
+
+
+def models_dir(cfg: Config) -> Path:
+    """The model store directory: ``[models] dir`` or ``data_dir/models``."""
+    return Path(cfg.models.dir).expanduser() if cfg.models.dir else cfg.node.data_dir / "models"
+
+
+def ollama_dir(m: ModelsSection) -> Path | None:
+    """The local Ollama store to import from, if configured or present."""
+    if m.ollama_dir:
+        return Path(m.ollama_dir).expanduser()
+    default = Path.home() / ".ollama" / "models"
+    return default if default.is_dir() else None
+
+
+def resolve_hf_token(m: ModelsSection) -> str | None:
+    """The Hub token: ``hf_token_file``, else ``$HF_TOKEN``, else None (the one place read)."""
+    if m.hf_token_file:
+        try:
+            return Path(m.hf_token_file).expanduser().read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError("models.hf_token_file", f"cannot read: {exc.strerror}") from None
+    return os.environ.get("HF_TOKEN") or None
 
 
 def membership_config(cfg: Config) -> Any:

@@ -1,7 +1,8 @@
 """``swarmd``: the daemon's entry point.
 
 Parses the command line, loads and checks the config (a bad one names the key
-and exits 2), sets up logging, then hands over to :mod:`swarmd.runtime.node`.
+and exits 2), sets up logging, then hands over to :mod:`swarmd.runtime.assembly`
+(the composition root).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from swarmd import __version__
 from swarmd.config import Config, ConfigError, check_ports, load, to_toml, validate
 from swarmd.join_token import JoinTokenError, decode_join_token
 from swarmd.runtime import lean_imports
+from swarmd.swarm_secret import save_join, saved_seeds
 
 EXIT_CONFIG = 2
 
@@ -61,6 +63,11 @@ def _apply_flags(cfg: Config, ns: argparse.Namespace) -> Config:
         p2p = dataclasses.replace(
             p2p, secret=token.secret.hex(), secret_file="", seeds=p2p.seeds + token.seeds
         )
+    elif not p2p.secret and not p2p.secret_file:
+        # Rejoin the swarm an earlier --join joined (its secret is read from
+        # data_dir by swarm_secret.load_secret).
+        extra = tuple(s for s in saved_seeds(node.data_dir) if s not in p2p.seeds)
+        p2p = dataclasses.replace(p2p, seeds=p2p.seeds + extra)
     if ns.api_listen:
         api = dataclasses.replace(api, listen=ns.api_listen)
     if ns.socket:
@@ -78,6 +85,24 @@ def _apply_flags(cfg: Config, ns: argparse.Namespace) -> Config:
     return out
 
 
+def _check_engine_kinds(cfg: Config) -> None:
+    """Every ``[[engines]] kind`` names a built-in or installed plugin."""
+    if not cfg.engines:
+        return
+    from swarmd.engines.registry import EngineKindError, default_registry
+
+    registry = default_registry()
+    known = registry.kinds()
+    for i, entry in enumerate(cfg.engines):
+        if entry.kind not in known:
+            raise ConfigError(f"engines[{i}].kind",
+                              f"unknown engine kind {entry.kind!r} (known: {', '.join(known)})")
+        try:
+            registry.get(entry.kind)
+        except EngineKindError as exc:
+            raise ConfigError(f"engines[{i}].kind", str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     lean_imports.install()  # before anything imports py-libp2p
     ns = _parser().parse_args(argv)
@@ -87,12 +112,16 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(to_toml(cfg))
             return 0
         check_ports(cfg)
+        _check_engine_kinds(cfg)
+        if ns.join:
+            token = decode_join_token(ns.join)
+            save_join(cfg.node.data_dir, token.secret, token.seeds)
     except ConfigError as exc:
         print(f"swarmd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
     from swarmd import log
-    from swarmd.runtime.node import run_node
+    from swarmd.runtime.assembly import run_node
 
     log.setup(cfg.log.level, cfg.log.format)
     try:

@@ -32,13 +32,14 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from swarmd.runtime.snapshot import Snapshot
+from swarmd.core.snapshot import Snapshot
 
 __all__ = ["RequestMetrics", "SwarmCollector", "metrics_response", "new_registry"]
 
@@ -46,6 +47,10 @@ __all__ = ["RequestMetrics", "SwarmCollector", "metrics_response", "new_registry
 #: long generation (minutes).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 #: Time-to-first-byte buckets, seconds.
+#: Seconds waited in a model's queue.
+QUEUE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+#: Most models with a queue-depth series.
+MAX_QUEUE_MODELS = 256
 TTFB_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 STATES = ("alive", "suspect", "dead", "left")
@@ -63,6 +68,7 @@ class RequestMetrics:
     """What the proxy observes per request (thread-safe, prometheus_client)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._queue_models: set[str] = set()
         self.requests = Counter(
             "swarmd_api_requests", "OpenAI API requests answered, by route and HTTP status",
             ["route", "status"], registry=registry)
@@ -75,6 +81,15 @@ class RequestMetrics:
             "Seconds from request received to the engine's first byte, by route "
             "(includes routing, retries and a remote hop)",
             ["route"], buckets=TTFB_BUCKETS, registry=registry)
+        self.queued = Gauge(
+            "swarmd_queue_depth", "Requests waiting on this node for a free engine slot, "
+            "by model (bounded: models this node was asked for)",
+            ["model"], registry=registry)
+        self.queue_wait_s = Histogram(
+            "swarmd_queue_wait_seconds",
+            "Seconds a queued request waited for a free engine slot",
+            buckets=QUEUE_BUCKETS, registry=registry)
+
 
     def finished(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -82,6 +97,18 @@ class RequestMetrics:
 
     def first_byte(self, route: str, seconds: float) -> None:
         self.ttfb.labels(route).observe(seconds)
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        if depth == 0 and model not in self._queue_models:
+            return
+        if model not in self._queue_models:
+            if len(self._queue_models) >= MAX_QUEUE_MODELS:
+                return  # bounded cardinality
+            self._queue_models.add(model)
+        self.queued.labels(model).set(depth)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue_wait_s.observe(seconds)
 
 
 class SwarmCollector(Collector):

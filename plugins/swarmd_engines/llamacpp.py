@@ -19,11 +19,32 @@ handles both, telling them apart on every health poll:
   at a time, so capacity is 1 unless configured.
 
 Default ports for detection: 8080 (llama-server) and 8000 (llama-cpp-python).
+
+Requests: llama.cpp reads ``max_tokens`` only (``max_completion_tokens`` is
+rewritten).  Neither server streams usage the way OpenAI does (llama-server
+sends ``timings``; llama-cpp-python nothing), so swarmd counts; for the
+prompt it asks the engine's tokenizer (``POST /tokenize`` on llama-server,
+``POST /extras/tokenize/count`` on llama-cpp-python).
+
+Capabilities: a llama.cpp server either generates or embeds.  llama-server
+``--embeddings`` is "only for embedding models", and llama-cpp-python's
+``--embedding true`` model gives empty chats; without it ``/v1/embeddings``
+fails with a 500.  So one probe decides: a ``POST /v1/embeddings`` that
+returns a vector means an embeddings engine, else chat and completions.
+
+llama-cpp-python runs one request at a time and, by default
+(``--interrupt_requests true``), *ends a running stream* when another
+completion request arrives.  swarmd never sends it more than its capacity
+(1) at once, but run it with ``--interrupt_requests false`` when anything
+else may call it directly.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
+import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -31,6 +52,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from swarmd.engines.base import (
+    EngineError,
     EngineLoad,
     EngineSpec,
     ModelInfo,
@@ -38,6 +60,7 @@ from swarmd.engines.base import (
     get_status,
     get_text,
     openai_model_list,
+    post_json,
     quiet,
 )
 from swarmd.engines.metrics import as_count, as_fraction, parse_samples, total
@@ -53,6 +76,7 @@ PROPS_EVERY = 15
 class LlamaCppEngine(OpenAICompatEngine):
     kind: ClassVar[str] = "llamacpp"
     default_ports: ClassVar[tuple[int, ...]] = (8080, 8000)
+    max_tokens_field: ClassVar[str] = "max_tokens"
 
     def __init__(self, spec: EngineSpec) -> None:
         super().__init__(spec)
@@ -84,6 +108,71 @@ class LlamaCppEngine(OpenAICompatEngine):
                 loaded = status["value"] == "loaded"
             out.append(ModelInfo(m.id, loaded=loaded, meta=m.meta))
         return out
+
+    @classmethod
+    def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
+                       threads: int = 0, chat_format: str = "") -> list[str] | None:
+        """``llama-server`` when it is on PATH, else llama-cpp-python's server
+        from swarmd's own Python (the embedded default)."""
+        native = shutil.which("llama-server")
+        if native:
+            argv = [native, "-m", model_path, "--host", "127.0.0.1", "--port", "{port}",
+                    "--alias", model_id, "-c", str(ctx * max(1, slots)),
+                    "-np", str(max(1, slots)), "--metrics"]
+            if threads:
+                argv += ["-t", str(threads)]
+            return argv
+        if importlib.util.find_spec("llama_cpp") is None:
+            return None
+        argv = [sys.executable, "-m", "llama_cpp.server", "--model", model_path,
+                "--model_alias", model_id, "--host", "127.0.0.1", "--port", "{port}",
+                "--n_ctx", str(ctx), "--interrupt_requests", "false", "--use_mlock", "false"]
+        if threads:
+            argv += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+        if chat_format:
+            argv += ["--chat_format", chat_format]
+        return argv
+
+    def polls_disturb(self) -> bool:
+        # llama-cpp-python's /v1/models takes the model lock: with its
+        # default --interrupt_requests it ends the running stream.
+        return self.flavor == PYTHON
+
+    async def count_tokens(self, http: aiohttp.ClientSession, model: str,
+                           text: str) -> int | None:
+        try:
+            if self.flavor == PYTHON:
+                doc = await post_json(http, self.url_for("/extras/tokenize/count"),
+                                      {"input": text, "model": model},
+                                      headers=self.auth_headers())
+                n = doc.get("count") if isinstance(doc, Mapping) else None
+            else:
+                doc = await post_json(http, self.url_for("/tokenize"), {"content": text},
+                                      headers=self.auth_headers())
+                toks = doc.get("tokens") if isinstance(doc, Mapping) else None
+                n = len(toks) if isinstance(toks, list) else None
+        except (aiohttp.ClientError, OSError, TimeoutError, EngineError):
+            return None
+        return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+    async def capabilities(self, http: aiohttp.ClientSession,
+                           models: list[ModelInfo]) -> dict[str, tuple[str, ...]] | None:
+        if not models:
+            return None
+        caps: dict[str, tuple[str, ...]] = {}
+        for m in models:
+            try:
+                doc = await post_json(http, self.url_for("/v1/embeddings"),
+                                      {"input": "capability probe", "model": m.id},
+                                      headers=self.auth_headers(), wait_s=5.0)
+            except EngineError:
+                caps[m.id] = ("chat", "completions")
+                continue
+            data = doc.get("data") if isinstance(doc, Mapping) else None
+            embeds = (isinstance(data, list) and bool(data) and isinstance(data[0], Mapping)
+                      and isinstance(data[0].get("embedding"), list))
+            caps[m.id] = ("embeddings",) if embeds else ("chat", "completions")
+        return caps
 
     async def load(self, http: aiohttp.ClientSession) -> EngineLoad:
         if self.flavor == PYTHON:

@@ -24,6 +24,7 @@ from swarmd.engines.openai_compat import OpenAICompatEngine
 
 class MlxEngine(OpenAICompatEngine):
     kind: ClassVar[str] = "mlx"
+    max_tokens_field: ClassVar[str] = "max_tokens"  # ignores max_completion_tokens
     default_ports: ClassVar[tuple[int, ...]] = (8080,)
 
     async def health(self, http: aiohttp.ClientSession) -> bool:

@@ -9,6 +9,10 @@ routes live under ``/v1`` and take the Ollama model name (``llama3.2:latest``).
 Every model on disk is served (Ollama loads it on first use); ``loaded`` tells
 which ones answer without a load.  Ollama exports no queue figures, so load
 is left to the manager's in-flight count.  Default port: 11434.
+
+Capabilities come from ``POST /api/show`` (``capabilities``: "completion" ->
+chat and completions, "embedding" -> embeddings).  Its OpenAI routes read
+``max_tokens`` (``max_completion_tokens`` is rewritten).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from swarmd.engines.base import (
     get_json,
     get_status,
     get_text,
+    post_json,
     quiet,
 )
 from swarmd.engines.openai_compat import OpenAICompatEngine
@@ -33,6 +38,24 @@ from swarmd.engines.openai_compat import OpenAICompatEngine
 class OllamaEngine(OpenAICompatEngine):
     kind: ClassVar[str] = "ollama"
     default_ports: ClassVar[tuple[int, ...]] = (11434,)
+    max_tokens_field: ClassVar[str] = "max_tokens"
+
+    async def capabilities(self, http: aiohttp.ClientSession,
+                           models: list[ModelInfo]) -> dict[str, tuple[str, ...]] | None:
+        out: dict[str, tuple[str, ...]] = {}
+        for m in models:
+            doc = await quiet(post_json(http, self.url_for("/api/show"), {"model": m.id},
+                                        headers=self.auth_headers()))
+            raw = doc.get("capabilities") if isinstance(doc, Mapping) else None
+            if not isinstance(raw, list):
+                continue  # older Ollama: says nothing, all assumed
+            caps: list[str] = []
+            if "completion" in raw:
+                caps += ["chat", "completions"]
+            if "embedding" in raw:
+                caps.append("embeddings")
+            out[m.id] = tuple(caps)
+        return out or None
 
     async def health(self, http: aiohttp.ClientSession) -> bool:
         status = await get_status(http, self.url_for("/"), headers=self.auth_headers())

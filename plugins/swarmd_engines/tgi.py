@@ -36,6 +36,7 @@ from swarmd.engines.openai_compat import OpenAICompatEngine
 
 class TgiEngine(OpenAICompatEngine):
     kind: ClassVar[str] = "tgi"
+    max_tokens_field: ClassVar[str] = "max_tokens"  # ignores max_completion_tokens
     default_ports: ClassVar[tuple[int, ...]] = (3000, 8080)
 
     def __init__(self, spec: EngineSpec) -> None:

@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from swarmd.api import catalog
+from swarmd.api import catalog, http_errors
+from swarmd.api.client_apis import register_client_apis
 from swarmd.api.errors import ApiError
 from swarmd.api.proxy import Forwarder, Proxy
 from swarmd.api.upstream import LocalEngines, LocalUpstream
 from swarmd.config import ApiSection, RoutingSection, parse_hostport
 from swarmd.core.routing import Router, RouterConfig
-from swarmd.runtime.snapshot import Snapshot
+from swarmd.core.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -171,6 +172,7 @@ def create_app(deps: ApiDeps) -> web.Application:
         app.router.add_get("/metrics", _metrics)
     for path in PROXY_ROUTES:
         app.router.add_post(path, proxy.handle)
+    register_client_apis(app, proxy, deps)  # Ollama, Responses, Anthropic (client_apis.py)
     return app
 
 
@@ -189,6 +191,7 @@ class ApiServer:
         # which cancels the upstream request (even before the first byte).
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
+        http_errors.install(self._runner)
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
         server = site._server

@@ -7,6 +7,11 @@ dropping a busy node's models the moment one probe is late turned requests
 into 404s under load (bench/proxy_compare.py).  A suspect node's engines are
 routed to only when no alive node has the model; a draining node's engines
 are listed but not routed to.
+
+Capabilities: an engine entry may say what it can do (``capabilities``, and
+``model_capabilities`` per model where models differ); a request goes only
+to engines that can serve its route.  An entry that says nothing (an older
+peer, an engine that cannot tell) is taken to serve every route.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swarmd.core.routing import Candidate, EngineLoad, Target
-from swarmd.runtime.snapshot import Snapshot
+from swarmd.core.snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -30,40 +35,38 @@ class EngineView:
     is_local: bool
     draining: bool
     suspect: bool = False
+    capabilities: tuple[str, ...] | None = None  # None: unknown, all assumed
+    model_capabilities: Mapping[str, tuple[str, ...]] | None = None
+
+    def can(self, model: str, capability: str | None) -> bool:
+        if capability is None:
+            return True
+        caps = (self.model_capabilities or {}).get(model, self.capabilities)
+        return caps is None or capability in caps
+
+    def caps_of(self, model: str) -> tuple[str, ...] | None:
+        return (self.model_capabilities or {}).get(model, self.capabilities)
 
 
 def engines_of(snap: Snapshot) -> Iterator[EngineView]:
     for node in snap.nodes:
         if node.state not in ("alive", "suspect") and not node.is_self:
             continue
-        rec = node.record if isinstance(node.record, Mapping) else {}
-        engines = rec.get("engines")
-        if not isinstance(engines, list):
-            continue
-        draining = rec.get("draining") is True
-        for e in engines:
-            if not isinstance(e, Mapping):
-                continue
-            eid, models = e.get("id"), e.get("models")
-            if not isinstance(eid, str) or not eid or not isinstance(models, list):
-                continue
-            kind = e.get("kind")
+        rec = node.info  # swarmd.core.record.NodeRecord: parsed (and bounded) once per snapshot
+        for e in rec.engines:
             yield EngineView(
-                node_id=node.node_id,
-                engine_id=eid,
-                kind=kind if isinstance(kind, str) else "",
-                healthy=e.get("healthy") is True,
-                models=tuple(m for m in models if isinstance(m, str) and m),
-                load=EngineLoad.from_record(e.get("load")),
-                is_local=node.is_self,
-                draining=draining,
-                suspect=node.state == "suspect",
-            )
+                node_id=node.node_id, engine_id=e.id, kind=e.kind, healthy=e.healthy,
+                models=e.models, load=e.load, is_local=node.is_self, draining=rec.draining,
+                suspect=node.state == "suspect", capabilities=e.capabilities,
+                model_capabilities=e.model_capabilities)
 
 
-def candidates(snap: Snapshot, model: str, *, remote_ok: bool = True) -> list[Candidate]:
-    """Every engine in the swarm that lists ``model`` (suspect nodes: fallback)."""
-    views = [e for e in engines_of(snap) if model in e.models and (remote_ok or e.is_local)]
+def candidates(snap: Snapshot, model: str, *, remote_ok: bool = True,
+               capability: str | None = None) -> list[Candidate]:
+    """Every engine in the swarm that lists ``model`` and can serve
+    ``capability`` (suspect nodes: fallback)."""
+    views = [e for e in engines_of(snap)
+             if model in e.models and (remote_ok or e.is_local) and e.can(model, capability)]
     preferred = [e for e in views if not e.suspect] or views
     return [
         Candidate(
@@ -78,8 +81,15 @@ def candidates(snap: Snapshot, model: str, *, remote_ok: bool = True) -> list[Ca
     ]
 
 
-def _model_obj(model_id: str, engines: list[EngineView]) -> dict[str, Any]:
+ALL_CAPABILITIES = ("chat", "completions", "embeddings")
+
+
+def _model_obj(model_id: str, engines: list[EngineView],
+               queued: int = 0) -> dict[str, Any]:
     nodes = sorted({e.node_id for e in engines})
+    caps: set[str] = set()
+    for e in engines:
+        caps.update(e.caps_of(model_id) or ALL_CAPABILITIES)
     return {
         "id": model_id,
         "object": "model",
@@ -87,12 +97,30 @@ def _model_obj(model_id: str, engines: list[EngineView]) -> dict[str, Any]:
         "owned_by": "swarmd",
         "swarmd": {
             "nodes": nodes,
+            "capabilities": [c for c in ALL_CAPABILITIES if c in caps],
+            "queued": queued,
             "engines": [
-                {"node_id": e.node_id, "engine_id": e.engine_id, "kind": e.kind}
+                {"node_id": e.node_id, "engine_id": e.engine_id, "kind": e.kind,
+                 "capabilities": list(e.caps_of(model_id) or ALL_CAPABILITIES)}
                 for e in sorted(engines, key=lambda e: (e.node_id, e.engine_id))
             ],
         },
     }
+
+
+def queued_of(snap: Snapshot) -> dict[str, int]:
+    """Requests waiting in queues swarm-wide per model (each node's ``queued``)."""
+    out: dict[str, int] = {}
+    for node in snap.nodes:
+        if node.state not in ("alive", "suspect") and not node.is_self:
+            continue
+        q = node.info.extra.get("queued")
+        if not isinstance(q, Mapping):
+            continue
+        for m, n in list(q.items())[:1024]:
+            if isinstance(m, str) and isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                out[m] = out.get(m, 0) + n
+    return out
 
 
 def model_objects(snap: Snapshot, aliases: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -103,10 +131,11 @@ def model_objects(snap: Snapshot, aliases: Mapping[str, str]) -> dict[str, dict[
             continue
         for m in e.models:
             by_model.setdefault(m, []).append(e)
-    out = {m: _model_obj(m, es) for m, es in by_model.items()}
+    queued = queued_of(snap)
+    out = {m: _model_obj(m, es, queued.get(m, 0)) for m, es in by_model.items()}
     for alias, target in aliases.items():
         if target in by_model and alias not in out:
-            obj = _model_obj(alias, by_model[target])
+            obj = _model_obj(alias, by_model[target], queued.get(target, 0))
             obj["swarmd"]["alias_of"] = target
             out[alias] = obj
     return dict(sorted(out.items()))

@@ -3,33 +3,45 @@
 Theory of operation
 -------------------
 1. Read the body (413 past ``api.max_body_bytes``), validate it
-   (:mod:`swarmd.api.validate`), resolve the alias.
+   (:mod:`swarmd.api.validate`: JSON whatever the Content-Type, types and
+   ranges of the common fields, 400 before any engine sees a bad one),
+   resolve the alias.
 2. Candidates: every engine that lists the model in the current snapshot
-   (404 ``model_not_found`` if none).  The router orders them
-   (:mod:`swarmd.core.routing`); if none is usable the answer is 503
-   (no healthy engine) or 429 (all saturated), each with Retry-After.
-3. Attempts walk down the router's list (at most MAX_ATTEMPTS).  For each:
+   (404 ``model_not_found`` if none) and can serve the route (its
+   capabilities; 400 if the model is served only by engines that cannot).
+   The router orders them (:mod:`swarmd.core.routing`).
+3. Queue: when every candidate is at capacity the request waits in a FIFO
+   per model on this node (:mod:`swarmd.api.waitqueue`), up to
+   ``routing.queue_timeout`` with at most ``routing.queue_max`` waiting,
+   then 429 with Retry-After.  It goes to whichever candidate frees a slot
+   first, anywhere in the swarm: a remote engine's gossiped load is
+   corrected by this node's own in-flight requests on it (:meth:`_fresh`).
+4. Attempts walk down the router's list (at most MAX_ATTEMPTS).  For each:
    open the exchange (local HTTP or remote stream), wait for the head and
    the first body bytes.  Any failure up to that point -- connect error,
-   timeout, 429/503 from the engine, a broken exchange -- costs nothing
-   visible, so the next target is tried.  The first bytes *commit* the
-   attempt: head and bytes go to the client and no retry happens after.
-4. Relay: chunks are written as they come (SSE pass-through is byte-exact;
-   the engine's Content-Length and Content-Encoding are kept).  A failure
+   timeout, 429/500/501/503 from the engine, a broken exchange -- costs
+   nothing visible, so the next target is tried; every failed attempt is
+   logged with engine, node and cause.  The first bytes *commit* the
+   attempt (an :class:`Exchange`): no retry happens after.
+5. Relay: chunks are written as they come (SSE pass-through is byte-exact,
+   plus the usage chunk swarmd adds when the engine sends none).  A failure
    after the commit ends the response: for an SSE stream, an OpenAI error
    event ``data: {"error": {...}}`` is written, then the connection is
-   closed without ``data: [DONE]`` (the openai SDK raises APIError on such
-   an event); for any other body the connection is closed mid-body, which
-   clients report as an incomplete response.  Never a hang: every read has
-   the idle and total deadlines.
-5. If the client goes away, the handler is cancelled (aiohttp
+   closed without ``data: [DONE]``; for any other body the connection is
+   closed mid-body.  Never a hang: every read has the idle and total
+   deadlines.
+6. If the client goes away, the handler is cancelled (aiohttp
    ``handler_cancellation``) or its write fails; the exchange is closed,
-   which cancels the upstream request (local: the engine connection is
-   dropped; remote: a Cancel frame and a stream reset).
+   which cancels the upstream request.  A client closing a finished stream
+   is not an error.
 
 When every attempt failed: 504 if any timed out, else 429 if every engine
-said it was saturated, else 503 if each was saturated or unavailable, else
-502.
+said it was saturated (after queueing), else 503 if each was saturated or
+unavailable, else 502 naming the engines.
+
+Other APIs (Ollama, Responses, Anthropic) translate to an OpenAI route and
+call :meth:`Proxy.exchange`, which runs steps 2-4 and hands back the
+committed :class:`Exchange`.
 """
 
 from __future__ import annotations
@@ -38,14 +50,15 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from swarmd.api import catalog
 from swarmd.api.errors import ApiError, sse_error_event
+from swarmd.api.exchange import Exchange
 from swarmd.api.upstream import (
     FORWARDED_HEADERS,
     Deadlines,
@@ -55,10 +68,21 @@ from swarmd.api.upstream import (
     UpstreamError,
     UpstreamResponse,
 )
-from swarmd.api.validate import ParsedRequest, parse_request
+from swarmd.api.usage import UsageEvent
+from swarmd.api.validate import ParsedRequest, parse_doc, parse_request
+from swarmd.api.waitqueue import QueueFull, QueueTimeout, WaitQueues
 from swarmd.config import ApiSection, RoutingSection
-from swarmd.core.routing import Candidate, RequestFeatures, Router, Target, affinity_key
-from swarmd.runtime.snapshot import Snapshot
+from swarmd.core.error_kinds import KINDS
+from swarmd.core.routing import (
+    Candidate,
+    Decision,
+    EngineLoad,
+    RequestFeatures,
+    Router,
+    Target,
+    affinity_key,
+)
+from swarmd.core.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from swarmd.metrics import RequestMetrics
@@ -86,6 +110,30 @@ class ProxyStats:
         self.errors[code] = self.errors.get(code, 0) + 1
 
 
+#: The capability each OpenAI route needs (swarmd.engines.base.ROUTE_CAPABILITY).
+ROUTE_CAPABILITY = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+
+#: Seconds between gossip updates of this node's queue depths (coalesced).
+QUEUE_GOSSIP_INTERVAL = 0.5
+
+#: Seconds a remote engine's gossiped load may lag behind this node's own
+#: requests on it: the owner polls every 2 s (``[local_engines]
+#: poll_interval``) and gossip takes a fraction of a second more.  Within it,
+#: load this node may have caused is taken to be this node's own.
+LOAD_LAG = 3.0
+
+#: Where the API's auth layer leaves who sent a request (``request[PRINCIPAL_KEY]``,
+#: a mapping with e.g. ``key_id``, ``user``, ``project``); read into UsageEvent.
+PRINCIPAL_KEY = "swarmd.principal"
+
+#: Native request for an engine kind: kind -> (path, body) or None (use OpenAI).
+NativeFn = Callable[[str], "tuple[str, bytes] | None"]
+
+
 def _final_error(errors: list[UpstreamError]) -> ApiError:
     kinds = {e.kind for e in errors}
     ras = [e.retry_after for e in errors if e.retry_after is not None]
@@ -100,7 +148,12 @@ def _final_error(errors: list[UpstreamError]) -> ApiError:
     if kinds <= {"saturated", "unavailable"}:
         return ApiError(503, "no engine serving this model is available",
                         code="no_healthy_engine", retry_after=ra or 5.0)
-    return ApiError(502, f"the engine failed: {last}", code="upstream_error")
+    causes = "; ".join(dict.fromkeys(e.message for e in errors))
+    return ApiError(502, f"the engine failed: {causes}", code="upstream_error")
+
+
+class _AllSaturated(Exception):
+    """Every attempt was refused as saturated: wait in the queue again."""
 
 
 class Proxy:
@@ -116,6 +169,20 @@ class Proxy:
         self.stats = ProxyStats()
         #: Per-request Prometheus series (swarmd.metrics); None: not observed.
         self.metrics: RequestMetrics | None = None
+        #: Hears every finished request (usage records, budgets); called on
+        #: the API's thread, must not block.
+        self.on_usage: Callable[[UsageEvent], None] | None = None
+        #: Hears this node's queue depths per model (coalesced); the daemon
+        #: gossips them in the node record as ``queued``.
+        self.on_queue_depths: Callable[[dict[str, int]], None] | None = None
+        self.queues: WaitQueues[Exchange] = WaitQueues(
+            timeout=routing.queue_timeout, max_waiting=routing.queue_max,
+            on_depth=self._queue_depth, on_wait=self._queue_wait)
+        self._depth_pending = False
+        #: Remote targets: (gossiped load last seen, our in-flight on it then).
+        self._seen: dict[Target, tuple[EngineLoad, int]] = {}
+        #: Remote targets: (most of our requests in flight on it lately, until when).
+        self._peak: dict[Target, tuple[int, float]] = {}
 
     # -- request intake ------------------------------------------------------------
 
@@ -136,15 +203,25 @@ class Proxy:
         self.stats.requests += 1
         t0 = time.monotonic()
         status = 499  # the client went away (nginx's convention)
+        principal = request.get(PRINCIPAL_KEY) or {}
+        model = ""
         try:
             raw = await self._read_body(request)
             parsed = parse_request(route, raw, self.routing.aliases)
-            resp = await self._serve(request, parsed, rid, t0)
+            model = parsed.model
+            ex = await self._open(parsed, request.headers, rid, None, t0)
+            ex.principal = principal
+            try:
+                resp = await self._relay(request, ex, rid)
+                ex.sent_status = resp.status
+            finally:
+                await ex.aclose()
             status = resp.status
             return resp
         except ApiError as err:
             self.stats.count_error(err.code or str(err.status))
             status = err.status
+            self._report_failure(rid, route, model, err.status, t0, principal)
             return err.response({"X-Request-Id": rid})
         except Exception:
             status = 500
@@ -153,49 +230,136 @@ class Proxy:
             if self.metrics is not None:
                 self.metrics.finished(route, status, time.monotonic() - t0)
 
-    # -- routing and attempts ----------------------------------------------------------
+    async def exchange(self, route: str, body: dict[str, Any], *,
+                       headers: Mapping[str, str] | None = None,
+                       request_id: str | None = None,
+                       native: NativeFn | None = None,
+                       principal: Mapping[str, Any] | None = None) -> Exchange:
+        """Route an OpenAI request given as a parsed body; the committed
+        exchange, or ApiError (see the module docstring).  ``native(kind)``
+        may give the (path, body) to send instead to an engine of that kind."""
+        t0 = time.monotonic()
+        rid = request_id or uuid.uuid4().hex
+        self.stats.requests += 1
+        model = body.get("model") if isinstance(body.get("model"), str) else ""
+        try:
+            parsed = parse_doc(route, body, self.routing.aliases)
+            ex = await self._open(parsed, headers or {}, rid, native, t0)
+        except ApiError as err:
+            self.stats.count_error(err.code or str(err.status))
+            self._report_failure(rid, route, str(model), err.status, t0, principal or {})
+            raise
+        ex.principal = principal or {}
+        return ex
 
-    async def _serve(self, request: web.Request, p: ParsedRequest,
-                     rid: str, t0: float) -> web.StreamResponse:
+    # -- routing, queueing and attempts ----------------------------------------------
+
+    async def _open(self, p: ParsedRequest, client_headers: Mapping[str, str], rid: str,
+                    native: NativeFn | None, t0: float) -> Exchange:
         snap = self.snapshot()
         if not catalog.known_model(snap, p.model):
             raise ApiError(
                 404, f"The model `{p.requested_model}` does not exist or no node serves it",
                 param="model", code="model_not_found")
-        cands = catalog.candidates(snap, p.model, remote_ok=self.remote is not None)
-        if self.local is not None:
-            engines = self.local.engines
-            cands = [self._fresh(c, engines) for c in cands]
+        api = self.api
+        deadlines = Deadlines(api.connect_timeout, api.first_byte_timeout, api.idle_timeout,
+                              t0 + api.request_timeout)
+        # The body was parsed as JSON whatever the client's Content-Type said.
+        headers = (("Content-Type", "application/json"),) + tuple(
+            (k, client_headers[k]) for k in FORWARDED_HEADERS
+            if k in client_headers and k != "content-type")
+        headers += (("X-Request-Id", rid),) if "x-request-id" not in client_headers else ()
+        req = ProxyRequest(route=p.route, body=p.raw, model=p.model, headers=headers,
+                           request_id=rid)
         feats = RequestFeatures(p.model, affinity_key(p.route, p.body,
                                                       self.routing.affinity_messages))
+        capability = ROUTE_CAPABILITY.get(p.route)
+        errors: list[UpstreamError] = []  # over every round, queued or not
+
+        async def attempt() -> Exchange | None:
+            decision = self._decide(p, feats, capability)
+            if decision is None:
+                return None
+            try:
+                return await self._attempts(p, decision, req, deadlines, native, t0, errors)
+            except _AllSaturated:
+                return None
+
+        t_queue = time.monotonic()
+        try:
+            ex = await self.queues.dispatch(p.model, attempt)
+            ex.queue_wait = max(0.0, ex.started - t_queue)
+            ex.request_id = rid
+            ex.received = t0
+            return ex
+        except QueueFull:
+            raise ApiError(429, f"the queue for `{p.requested_model}` is full "
+                                f"({self.routing.queue_max} waiting)",
+                           code="queue_full", retry_after=5.0) from None
+        except QueueTimeout as exc:
+            if errors and any(e.kind != "saturated" for e in errors):
+                raise _final_error(errors) from None
+            raise ApiError(429, f"every engine serving `{p.requested_model}` stayed busy; "
+                                f"waited {exc.waited:.0f} s in the queue",
+                           code="queue_timeout", retry_after=5.0) from None
+
+    def _decide(self, p: ParsedRequest, feats: RequestFeatures,
+                capability: str | None) -> Decision | None:
+        """The router's decision, or None when every candidate is full (queue)."""
+        snap = self.snapshot()
+        remote_ok = self.remote is not None
+        cands = catalog.candidates(snap, p.model, remote_ok=remote_ok, capability=capability)
+        if not cands:
+            others = catalog.candidates(snap, p.model, remote_ok=remote_ok)
+            if others:
+                raise ApiError(400, f"The model `{p.requested_model}` is not served for "
+                                    f"{p.route} by any engine (no engine of it has the "
+                                    f"'{capability}' capability)",
+                               param="model", code="model_not_supported")
+            raise ApiError(503, "no healthy engine serves this model",
+                           code="no_healthy_engine", retry_after=5.0)
+        engines = self.local.engines if self.local is not None else None
+        cands = [self._fresh(c, engines) for c in cands]
         decision = self.router.choose(feats, cands, time.monotonic())
         if decision.status == "saturated":
-            raise ApiError(429, "every engine serving this model is saturated",
-                           code="engines_saturated", retry_after=decision.retry_after)
+            return None
         if decision.status != "ok":
             raise ApiError(503, "no healthy engine serves this model",
                            code="no_healthy_engine",
                            retry_after=decision.retry_after or 5.0)
-        api = self.api
-        deadlines = Deadlines(api.connect_timeout, api.first_byte_timeout, api.idle_timeout,
-                              time.monotonic() + api.request_timeout)
-        headers = tuple((k, request.headers[k]) for k in FORWARDED_HEADERS
-                        if k in request.headers)
-        headers += (("X-Request-Id", rid),) if "x-request-id" not in request.headers else ()
-        req = ProxyRequest(route=p.route, body=p.raw, model=p.model, headers=headers,
-                           request_id=rid)
-        errors: list[UpstreamError] = []
-        for attempt, target in enumerate(decision.targets[:MAX_ATTEMPTS]):
+        return decision
+
+    async def _attempts(self, p: ParsedRequest, decision: Decision, req: ProxyRequest,
+                        deadlines: Deadlines, native: NativeFn | None,
+                        t0: float, errors: list[UpstreamError]) -> Exchange:
+        """Try the decision's targets in order.  ``errors`` holds the failed
+        attempts of earlier rounds too: a request makes at most MAX_ATTEMPTS
+        failed attempts in all.  Raises _AllSaturated to wait in the queue
+        again when the failures were "not now" ones and full candidates
+        (left out of the decision) may free up."""
+        kinds = {c: k for c, k in self._kinds(p.model)}
+        for target in decision.targets:
+            if len(errors) >= MAX_ATTEMPTS:
+                break
             if deadlines.left() <= 0:
                 errors.append(UpstreamError("timeout", "request deadline passed"))
                 break
+            attempt = len(errors)
             if attempt:
                 self.stats.retries += 1
+            kind = kinds.get(target, "")
+            treq = req
+            if native is not None:
+                nat = native(kind)
+                if nat is not None:
+                    treq = replace(req, route=nat[0], body=nat[1])
             started = time.monotonic()
             self.router.start(target, started)
+            if target.node_id != self.snapshot().node_id:
+                self._note_peak(target, started)
             up: UpstreamResponse | None = None
             try:
-                up = await self._open(target, req, deadlines)
+                up = await self._open_target(target, treq, deadlines)
                 first = await up.read()
             except UpstreamError as exc:
                 self.router.finish(target)
@@ -203,32 +367,72 @@ class Proxy:
                     await up.aclose()
                 self._note_failure(target, exc)
                 errors.append(exc)
-                log.info("attempt failed", extra={"target": target.key, "kind": exc.kind,
-                                                  "error": exc.message})
+                log.warning("attempt %d for %s on node %s engine %s failed (%s): %s",
+                            attempt + 1, p.model, target.node_id[-8:], target.engine_id,
+                            exc.kind, exc.message)
                 continue
             except BaseException:
                 self.router.finish(target)
                 if up is not None:
                     await up.aclose()
+                self.queues.notify(p.model)
                 raise
             if self.metrics is not None:
                 self.metrics.first_byte(p.route, time.monotonic() - t0)
-            try:
-                return await self._relay(request, up, first, target, started, rid)
-            finally:
-                self.router.finish(target)
-                await up.aclose()
-        err = _final_error(errors)
-        raise err
+            return Exchange(self, target, kind, treq.route, p.model, up, first, started)
+        if errors and all(e.kind == "saturated" for e in errors):
+            raise _AllSaturated()
+        if (decision.full and len(errors) < MAX_ATTEMPTS
+                and "timeout" not in {e.kind for e in errors} and deadlines.left() > 0):
+            raise _AllSaturated()  # others were full: the queue tries again
+        raise _final_error(errors)
 
-    @staticmethod
-    def _fresh(c: Candidate, engines: LocalEngines) -> Candidate:
-        """A local engine with its load as of now, not as of its last poll."""
-        cur = engines.current_load(c.target.engine_id) if c.is_local else None
-        return c if cur is None else replace(c, load=cur)
+    def _kinds(self, model: str) -> list[tuple[Target, str]]:
+        return [(Target(e.node_id, e.engine_id), e.kind)
+                for e in catalog.engines_of(self.snapshot()) if model in e.models]
 
-    async def _open(self, target: Target, req: ProxyRequest,
-                    deadlines: Deadlines) -> UpstreamResponse:
+    def _fresh(self, c: Candidate, engines: LocalEngines | None) -> Candidate:
+        """A candidate with its load as of now, not as of its last poll or gossip.
+
+        Local: the engine manager's polled load corrected by in-flight counts.
+        Remote: the gossiped outstanding figure minus this node's requests on
+        it -- when that figure was first seen, or at most in the last
+        LOAD_LAG seconds, since the figure may be that old -- plus this
+        node's requests now; so a slot this node frees is free at once,
+        without waiting for the owner's next record.  Over-counting others'
+        requests would leave a free engine idle; under-counting is safe,
+        since the owner's gate holds an engine to its capacity.
+        """
+        if c.is_local:
+            cur = engines.current_load(c.target.engine_id) if engines is not None else None
+            return c if cur is None else replace(c, load=cur)
+        load = c.load
+        ours = self.router.inflight(c.target)
+        seen = self._seen.get(c.target)
+        if seen is None or seen[0] != load:
+            if len(self._seen) > 4096:
+                self._seen.clear()
+            seen = self._seen[c.target] = (load, ours)
+        if load.running is None and load.waiting is None:
+            return c
+        mine = seen[1]
+        peak = self._peak.get(c.target)
+        if peak is not None and peak[1] > time.monotonic():
+            mine = max(mine, peak[0])
+        others = max(0, (load.running or 0) + (load.waiting or 0) - mine)
+        return replace(c, load=replace(load, running=ours + others, waiting=0))
+
+    def _note_peak(self, target: Target, now: float) -> None:
+        n = self.router.inflight(target)
+        old = self._peak.get(target)
+        if old is not None and old[1] > now:
+            n = max(n, old[0])
+        if len(self._peak) > 4096:
+            self._peak.clear()
+        self._peak[target] = (n, now + LOAD_LAG)
+
+    async def _open_target(self, target: Target, req: ProxyRequest,
+                           deadlines: Deadlines) -> UpstreamResponse:
         if target.node_id == self.snapshot().node_id:
             return await self.open_local(target.engine_id, req, deadlines)
         if self.remote is None:
@@ -242,39 +446,106 @@ class Proxy:
             raise UpstreamError("unavailable", "no local engines on this node")
         return await self.local.open(engine_id, req, deadlines)
 
+    def exchange_closed(self, ex: Exchange) -> None:
+        """An Exchange was closed: book its outcome."""
+        self.router.finish(ex.target)
+        if ex.completed:
+            now = time.monotonic()
+            self.router.observe(ex.target, now - ex.started, True, now)
+        self.queues.notify(ex.model)
+        self._report(ex)
+
+    def note_failure(self, target: Target, exc: UpstreamError) -> None:
+        self._note_failure(target, exc)
+
     def _note_failure(self, target: Target, exc: UpstreamError) -> None:
         now = time.monotonic()
-        if exc.kind == "saturated":
-            self.router.refuse(target, now + (exc.retry_after or 1.0))
-        elif exc.kind == "unavailable":
-            self.router.refuse(target, now + (exc.retry_after or 5.0))
+        kind = KINDS.get(exc.kind)
+        if kind is not None and kind.refuse_s is not None:
+            self.router.refuse(target, now + (exc.retry_after or kind.refuse_s))
         elif exc.kind != "cancelled":
             self.router.observe(target, 0.0, False, now)
 
+    # -- usage events ------------------------------------------------------------------------
+
+    def _report(self, ex: Exchange) -> None:
+        if self.on_usage is None:
+            return
+        u = ex.usage
+        now = time.monotonic()
+        status = ex.sent_status if ex.sent_status is not None else (
+            ex.status if ex.completed else 499)
+        ev = UsageEvent(
+            request_id=ex.request_id, route=ex.route, model=ex.model, status=status,
+            node_id=ex.node_id, engine_id=ex.engine_id,
+            prompt_tokens=u.prompt_tokens if u else 0,
+            completion_tokens=u.completion_tokens if u else 0,
+            counted=u.counted if u else False, latency_s=now - ex.received,
+            ttft_s=(ex.first_at - ex.received) if ex.first_at is not None else None,
+            queue_s=ex.queue_wait, principal=ex.principal)
+        self._emit(ev)
+
+    def _report_failure(self, rid: str, route: str, model: str, status: int, t0: float,
+                        principal: Mapping[str, Any]) -> None:
+        if self.on_usage is not None:
+            self._emit(UsageEvent(request_id=rid, route=route, model=model, status=status,
+                                  latency_s=time.monotonic() - t0, principal=principal))
+
+    def _emit(self, ev: UsageEvent) -> None:
+        assert self.on_usage is not None
+        try:
+            self.on_usage(ev)
+        except Exception:
+            log.exception("usage callback failed")
+
+    # -- queue depth: metrics and gossip --------------------------------------------------
+
+    def _queue_depth(self, model: str, depth: int) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth(model, depth)
+        if self.on_queue_depths is None or self._depth_pending:
+            return
+        self._depth_pending = True
+        try:
+            asyncio.get_running_loop().call_later(QUEUE_GOSSIP_INTERVAL, self._flush_depths)
+        except RuntimeError:
+            self._depth_pending = False
+
+    def _flush_depths(self) -> None:
+        self._depth_pending = False
+        if self.on_queue_depths is not None:
+            try:
+                self.on_queue_depths(self.queues.depths())
+            except Exception:
+                log.exception("queue depth callback failed")
+
+    def _queue_wait(self, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_wait(seconds)
+
     # -- relaying the answer ---------------------------------------------------------------
 
-    async def _relay(self, request: web.Request, up: UpstreamResponse, first: bytes,
-                     target: Target, started: float, rid: str) -> web.StreamResponse:
-        resp = web.StreamResponse(status=up.status)
-        for k, v in up.headers:
+    async def _relay(self, request: web.Request, ex: Exchange, rid: str) -> web.StreamResponse:
+        resp = web.StreamResponse(status=ex.status)
+        for k, v in ex.headers:
             resp.headers.add(k, v)
         resp.headers["X-Request-Id"] = rid
-        resp.headers["X-Swarmd-Node"] = target.node_id
-        resp.headers["X-Swarmd-Engine"] = target.engine_id
+        resp.headers["X-Swarmd-Node"] = ex.node_id
+        resp.headers["X-Swarmd-Engine"] = ex.engine_id
+        resp.headers["X-Swarmd-Queue-Wait"] = f"{ex.queue_wait:.3f}"
         ctype = resp.headers.get("Content-Type", "")
         sse = ctype.startswith("text/event-stream")
-        await resp.prepare(request)
-        chunk = first
         try:
+            await resp.prepare(request)
+            chunk = await ex.read()
             while chunk:
                 await resp.write(chunk)
-                chunk = await up.read()
+                chunk = await ex.read()
         except UpstreamError as exc:
-            self._note_failure(target, exc)
             code = "upstream_timeout" if exc.kind == "timeout" else "upstream_error"
             self.stats.count_error("midstream_" + code)
-            log.warning("engine failed mid-response",
-                        extra={"target": target.key, "kind": exc.kind, "error": exc.message})
+            log.warning("engine %s on node %s failed mid-response (%s): %s",
+                        ex.engine_id, ex.node_id[-8:], exc.kind, exc.message)
             if sse:
                 err = ApiError(504 if exc.kind == "timeout" else 502,
                                f"the engine failed mid-stream: {exc.message}", code=code)
@@ -284,11 +555,14 @@ class Proxy:
                     pass
             _close_connection(request)
             return resp
-        except (ConnectionError, asyncio.CancelledError):
-            # The client went away: closing `up` (caller) cancels the upstream.
-            raise
-        self.router.observe(target, time.monotonic() - started, True, time.monotonic())
-        await resp.write_eof()
+        except ConnectionError:
+            # The client went away (closing the exchange cancels the upstream).
+            log.debug("client went away during the answer", extra={"request_id": rid})
+            return resp
+        try:
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the client closed a finished answer: not an error
         return resp
 
 

@@ -14,7 +14,23 @@ another candidate only while nothing has reached its client.  Kinds:
 ``connect`` (could not reach the engine: 502), ``timeout`` (a deadline
 passed: 504), ``saturated`` (the engine said 429 / queue full: 429),
 ``unavailable`` (the engine said 503, or is unknown here: 503), ``upstream``
-(the exchange broke: 502), ``cancelled``.
+(the exchange broke, or the engine answered 500/501/5xx -- "this engine
+cannot": 502, never with the engine's own text), ``cancelled``.
+
+An engine's 4xx is the client's problem and is relayed, in OpenAI's error
+shape: an engine body that is not ``{"error": {...}}`` is wrapped, so
+internals never reach the client.
+
+At most ``capacity`` requests run on an engine at once when its capacity is
+known (llama-cpp-python runs one and, by default, *interrupts* the running
+stream when a second arrives): the others wait their turn in
+:class:`_Gate` for up to :data:`GATE_WAIT` seconds, then get ``saturated``.
+The proxy's queue normally keeps the gate empty; it guards against several
+nodes sending to one engine in the same instant.
+
+Usage: chat and completions answers leave here with usage
+(:mod:`swarmd.api.usage`): the engine's own, else swarmd's count (prompt
+tokens from the engine's tokenizer where it has one).
 
 Deadlines: ``connect`` for TCP connect (local) or stream open (remote);
 ``first_byte`` until the response head; ``idle`` between two chunks;
@@ -24,18 +40,35 @@ Deadlines: ``connect`` for TCP connect (local) or stream open (remote);
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
+from swarmd.api.usage import (
+    SseUsage,
+    Usage,
+    ensure_body_usage,
+    estimate_tokens,
+    prompt_text,
+    wants_usage,
+)
+from swarmd.core.error_kinds import kind_of_status
 from swarmd.core.routing import EngineLoad
 
-#: Engine statuses that mean "not now, try elsewhere" (retryable before the first byte).
-RETRY_STATUSES = {429: "saturated", 503: "unavailable"}
+#: Longest a request waits at an engine's capacity gate on its own node (s).
+GATE_WAIT = 10.0
+
+#: Largest engine error body read to relay a 4xx (bytes).
+MAX_ERROR_BODY = 64 * 1024
+
+#: Largest non-streamed answer buffered to add missing usage (bytes).
+MAX_USAGE_BODY = 8 * 1024 * 1024
 
 #: Request headers passed to engines (everything else is dropped; the engine
 #: adapter adds its own authorization).
@@ -126,6 +159,18 @@ class LocalEngines(Protocol):
         """The engine's load now: polled load corrected by fresh in-flight counts."""
         ...
 
+    def capacity(self, engine_id: str) -> int | None:
+        """Most requests the engine takes at once, when known."""
+        ...
+
+    async def count_tokens(self, engine_id: str, model: str, text: str) -> int | None:
+        """The engine's token count for ``text`` (None: it cannot tell)."""
+        ...
+
+    def note_result(self, engine_id: str, ok: bool) -> None:
+        """A request on the engine succeeded, or failed for engine reasons."""
+        ...
+
 
 def retry_after_of(headers: Mapping[str, str]) -> float | None:
     raw = headers.get("Retry-After") or headers.get("retry-after")
@@ -138,9 +183,96 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
     return v if 0 <= v <= 3600 else None
 
 
+class _Gate:
+    """At most ``capacity`` holders at once; FIFO waiters (see module doc)."""
+
+    def __init__(self) -> None:
+        self.holders = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, capacity: int, wait: float) -> bool:
+        if self.holders < capacity and not self._waiters:
+            self.holders += 1
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            async with asyncio.timeout(wait):
+                while self.holders >= capacity:
+                    await fut
+                    if self.holders >= capacity:  # woken, but a slot was taken back
+                        fut = asyncio.get_running_loop().create_future()
+                        self._waiters.appendleft(fut)
+        except TimeoutError:
+            return False
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+        self.holders += 1
+        self._wake()
+        return True
+
+    def release(self) -> None:
+        self.holders = max(0, self.holders - 1)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiters and not self._waiters[0].done():
+            self._waiters.popleft().set_result(None)
+
+
+def _error_body(engine_id: str, status: int, raw: bytes) -> bytes:
+    """An engine's 4xx body in OpenAI's error shape (wrapped when it is not)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        out = {"message": err["message"][:2000],
+               "type": err.get("type") if isinstance(err.get("type"), str)
+               else "invalid_request_error",
+               "param": err.get("param") if isinstance(err.get("param"), str) else None,
+               "code": err.get("code") if isinstance(err.get("code"), str | int) else None}
+    else:
+        detail = ""
+        if isinstance(doc, dict) and isinstance(doc.get("detail"), str):
+            detail = doc["detail"]  # FastAPI's shape (llama-cpp-python)
+        elif isinstance(err, str):
+            detail = err  # Ollama's / TGI's {"error": "..."}
+        msg = f"engine {engine_id} refused the request (HTTP {status})"
+        if detail:
+            msg += f": {detail[:500]}"
+        out = {"message": msg, "type": "invalid_request_error", "param": None,
+               "code": f"engine_{status}"}
+    return json.dumps({"error": out}).encode()
+
+
+class _Buffered:
+    """A whole body already read (an engine's 4xx, or a non-streamed answer
+    that got its usage added)."""
+
+    def __init__(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes,
+                 usage: Usage | None = None) -> None:
+        self.status = status
+        self.headers = tuple((k, v) for k, v in headers
+                             if k.lower() not in ("content-length", "content-encoding"))
+        self.headers += (("Content-Length", str(len(body))),)
+        self._body = body
+        self.usage = usage
+
+    async def read(self) -> bytes:
+        body, self._body = self._body, b""
+        return body
+
+    async def aclose(self) -> None:
+        pass
+
+
 class _LocalResponse:
     def __init__(self, resp: aiohttp.ClientResponse, stack: ExitStack,
-                 deadlines: Deadlines) -> None:
+                 deadlines: Deadlines, watch: SseUsage | None = None,
+                 count_prompt: Callable[[], Awaitable[int | None]] | None = None) -> None:
         self._resp = resp
         self._stack = stack
         self._deadlines = deadlines
@@ -149,21 +281,48 @@ class _LocalResponse:
             (k, v) for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS
         )
         self._done = False
+        self._watch = watch
+        self._count_prompt = count_prompt
+        self._tail = b""
+        self.usage: Usage | None = None
 
-    async def read(self) -> bytes:
-        if self._done:
-            return b""
+    async def _raw(self) -> bytes:
         wait = self._deadlines.cap(self._deadlines.idle)
         try:
             async with asyncio.timeout(wait):
-                data = await self._resp.content.readany()
+                return await self._resp.content.readany()
         except TimeoutError:
             raise UpstreamError("timeout", "engine went silent (idle timeout)") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError("upstream", f"engine broke the response: {exc}") from None
-        if not data:
-            self._done = True
-        return data
+
+    async def read(self) -> bytes:
+        if self._tail:
+            tail, self._tail = self._tail, b""
+            return tail
+        if self._done:
+            return b""
+        while True:
+            data = await self._raw()
+            if not data:
+                self._done = True
+                return b""
+            if self._watch is None:
+                return data
+            out, at_done = self._watch.feed(data)
+            if at_done:
+                prompt = None
+                if self._watch.needs_prompt_count and self._count_prompt is not None:
+                    prompt = await self._count_prompt()
+                self.usage = self._watch.usage(prompt)
+                out += self._watch.finish(prompt)
+                self._tail = self._watch.tail
+                self._watch = None
+                if not out:
+                    return await self.read()
+                return out
+            if out:
+                return out
 
     async def aclose(self) -> None:
         if not self._done:
@@ -179,6 +338,7 @@ class LocalUpstream:
     def __init__(self, engines: LocalEngines, session: aiohttp.ClientSession) -> None:
         self.engines = engines
         self.session = session
+        self._gates: dict[str, _Gate] = {}
 
     @staticmethod
     def new_session(limit: int = 1000) -> aiohttp.ClientSession:
@@ -188,13 +348,29 @@ class LocalUpstream:
             timeout=aiohttp.ClientTimeout(total=None),
         )
 
-    async def open(self, engine_id: str, req: ProxyRequest, deadlines: Deadlines) -> _LocalResponse:
+    async def _enter_gate(self, engine_id: str, stack: ExitStack, deadlines: Deadlines) -> None:
+        cap = self.engines.capacity(engine_id)
+        if not cap:
+            return
+        gate = self._gates.setdefault(engine_id, _Gate())
+        if not await gate.acquire(cap, deadlines.cap(GATE_WAIT)):
+            raise UpstreamError("saturated", f"engine {engine_id} is at capacity ({cap})",
+                                retry_after=1.0, status=429)
+        stack.callback(gate.release)
+
+    async def open(self, engine_id: str, req: ProxyRequest,
+                   deadlines: Deadlines) -> UpstreamResponse:
         headers = {k: v for k, v in req.headers}
         try:
             up = self.engines.request(engine_id, req.route, req.body, headers)
         except KeyError:
             raise UpstreamError("unavailable", f"engine {engine_id} is not on this node") from None
         stack = ExitStack()
+        try:
+            await self._enter_gate(engine_id, stack, deadlines)
+        except BaseException:
+            stack.close()
+            raise
         stack.enter_context(self.engines.inflight(engine_id))
         send_headers = dict(up.headers)
         send_headers["Accept-Encoding"] = "identity"
@@ -207,21 +383,98 @@ class LocalUpstream:
                 )
         except TimeoutError:
             stack.close()
-            raise UpstreamError("timeout", "no answer from the engine in time") from None
+            raise UpstreamError("timeout", f"no answer from engine {engine_id} in time") from None
         except aiohttp.ServerTimeoutError:
             stack.close()
-            raise UpstreamError("timeout", "connecting to the engine timed out") from None
+            raise UpstreamError("timeout", f"connecting to engine {engine_id} timed out") from None
         except (aiohttp.ClientError, OSError) as exc:
             stack.close()
-            raise UpstreamError("connect", f"cannot reach the engine: {exc}") from None
+            self.engines.note_result(engine_id, False)
+            raise UpstreamError("connect", f"cannot reach engine {engine_id}: {exc}") from None
         except BaseException:
             stack.close()
             raise
-        kind = RETRY_STATUSES.get(resp.status)
-        if kind is not None:
+        try:
+            return await self._answer(engine_id, req, resp, stack, deadlines)
+        except BaseException:
+            resp.close()
+            stack.close()
+            raise
+
+    async def _answer(self, engine_id: str, req: ProxyRequest, resp: aiohttp.ClientResponse,
+                      stack: ExitStack, deadlines: Deadlines) -> UpstreamResponse:
+        status = resp.status
+        kind = kind_of_status(status)
+        if kind in ("saturated", "unavailable"):
             ra = retry_after_of(resp.headers)
             resp.close()
             stack.close()
-            raise UpstreamError(kind, f"engine answered {resp.status}", retry_after=ra,
-                                status=resp.status)
+            raise UpstreamError(kind, f"engine {engine_id} answered HTTP {status}",
+                                retry_after=ra, status=status)
+        if kind is not None:
+            # "This engine cannot": retried elsewhere; its text (tracebacks,
+            # paths) stays in its own log.
+            resp.close()
+            stack.close()
+            self.engines.note_result(engine_id, False)
+            raise UpstreamError("upstream", f"engine {engine_id} failed (HTTP {status})",
+                                status=status)
+        self.engines.note_result(engine_id, True)
+        hdrs = tuple((k, v) for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS)
+        if status >= 400:
+            raw = await self._read_all(resp, deadlines, MAX_ERROR_BODY)
+            resp.release()
+            stack.close()
+            return _Buffered(status, hdrs, _error_body(engine_id, status, raw))
+        if req.route not in USAGE_ROUTES:
+            return _LocalResponse(resp, stack, deadlines)
+        doc = _body_doc(req.body)
+        ctype = resp.headers.get("Content-Type", "")
+
+        async def count_prompt() -> int | None:
+            text = prompt_text(req.route, doc)
+            n = await self.engines.count_tokens(engine_id, req.model, text)
+            return n if n is not None else estimate_tokens(text)
+
+        if ctype.startswith("text/event-stream"):
+            return _LocalResponse(resp, stack, deadlines, SseUsage(inject=wants_usage(doc)),
+                                  count_prompt)
+        if ctype.startswith("application/json") and (resp.content_length or 0) <= MAX_USAGE_BODY:
+            raw = await self._read_all(resp, deadlines, MAX_USAGE_BODY)
+            resp.release()
+            try:
+                body, usage = ensure_body_usage(raw, None, None)
+                if usage is not None and usage.counted:
+                    prompt = await count_prompt()
+                    body, usage = ensure_body_usage(raw, prompt, None)
+            finally:
+                stack.close()
+            return _Buffered(status, hdrs, body, usage)
         return _LocalResponse(resp, stack, deadlines)
+
+    @staticmethod
+    async def _read_all(resp: aiohttp.ClientResponse, deadlines: Deadlines, limit: int) -> bytes:
+        buf = bytearray()
+        try:
+            async with asyncio.timeout(deadlines.cap(deadlines.idle)):
+                async for chunk in resp.content.iter_any():
+                    buf += chunk
+                    if len(buf) > limit:
+                        raise UpstreamError("upstream", f"engine answer over {limit} bytes")
+        except TimeoutError:
+            raise UpstreamError("timeout", "engine went silent (idle timeout)") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError("upstream", f"engine broke the response: {exc}") from None
+        return bytes(buf)
+
+
+#: Routes whose answers carry token usage.
+USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+def _body_doc(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}

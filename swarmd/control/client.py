@@ -14,7 +14,10 @@ import http.client
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:  # the documents' types only; nothing is imported at run time
+    from swarmd.core.views import ModelsDoc, NodesDoc, StatusDoc
 
 EXIT_DAEMON_ERROR = 1
 EXIT_NOT_RUNNING = 2
@@ -110,14 +113,16 @@ class ControlClient:
         return self.request("POST", url, body if body is not None else {})
 
     # The endpoints, one method each.
-    def status(self) -> dict[str, Any]:
-        return dict(self.get("/v1/status"))
+    # The documents are swarmd.core.views' TypedDicts as the daemon sent them;
+    # another version may omit keys, so readers use .get().
+    def status(self) -> StatusDoc:
+        return cast("StatusDoc", dict(self.get("/v1/status")))
 
-    def nodes(self) -> dict[str, Any]:
-        return dict(self.get("/v1/nodes"))
+    def nodes(self) -> NodesDoc:
+        return cast("NodesDoc", dict(self.get("/v1/nodes")))
 
-    def models(self) -> dict[str, Any]:
-        return dict(self.get("/v1/models"))
+    def models(self) -> ModelsDoc:
+        return cast("ModelsDoc", dict(self.get("/v1/models")))
 
     def join(self) -> dict[str, Any]:
         return dict(self.get("/v1/join"))

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from swarmd.config import ConfigError
+from swarmd.core.views import ModelsDoc, StatusDoc
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -45,13 +46,15 @@ LEAVE_WAIT_S = 1.0  # how long POST /v1/leave waits for the provider before answ
 
 
 class ControlProvider(Protocol):
-    def status(self) -> dict[str, Any]: ...
+    """The control socket's view of the daemon (documents: :mod:`swarmd.core.views`)."""
+
+    def status(self) -> StatusDoc: ...
 
     async def leave(self) -> None: ...
 
     def join_line(self) -> str: ...
 
-    def models(self) -> dict[str, Any]: ...
+    def models(self) -> ModelsDoc: ...
 
     async def drain(self, on: bool) -> None: ...
 
@@ -115,7 +118,7 @@ class _Handlers:
         return web.json_response(self.provider.status())
 
     async def nodes(self, request: web.Request) -> web.Response:
-        return web.json_response({"nodes": self.provider.status().get("nodes", [])})
+        return web.json_response({"nodes": self.provider.status()["nodes"]})
 
     async def join(self, request: web.Request) -> web.Response:
         return web.json_response({"join": self.provider.join_line()})
@@ -164,6 +167,9 @@ def build_app(provider: ControlProvider, registry: CollectorRegistry | None = No
     app.router.add_get(f"{API_PREFIX}/join", h.join)
     app.router.add_get(f"{API_PREFIX}/models", h.models)
     app.router.add_post(f"{API_PREFIX}/drain", h.drain)
+    from swarmd.control import models_routes  # model store routes (a provider's model_service)
+
+    models_routes.register(app, lambda: getattr(provider, "model_service", None), API_PREFIX)
     if registry is not None:
         app.router.add_get("/metrics", h.metrics)
     return app

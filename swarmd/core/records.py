@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Every member owns an opaque msgpack-able dict (see .notes/RECORDS.md) and a
+Every member owns an opaque msgpack-able dict (protocol/records.md) and a
 version it bumps on every change.  Records travel apart from the small
 alive/suspect/dead messages so that failure detection never waits behind a
 large record:

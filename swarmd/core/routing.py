@@ -13,8 +13,9 @@ fresh: its own in-flight requests per target (:meth:`Router.start` /
 Filters.  Unhealthy or draining candidates are dropped.  A candidate is
 *saturated* when its engine recently refused a request (:meth:`Router.refuse`,
 e.g. a 429 with Retry-After) or when its capacity is known and its outstanding
-requests reach ``capacity * (1 + max_queue_per_slot)``; saturated candidates
-are dropped too.  A candidate whose last ``failure_threshold`` requests failed
+requests reach ``capacity * (1 + max_queue_per_slot)`` (by default: its
+capacity); saturated candidates are dropped too, and when all are, the API
+queues the request (:mod:`swarmd.api.waitqueue`).  A candidate whose last ``failure_threshold`` requests failed
 has an open circuit (for a cooldown doubling from ``cooldown_min`` to
 ``cooldown_max``); it is not dropped but moved to the end of the list, so a
 swarm whose every engine hiccupped still gets tried.
@@ -98,7 +99,7 @@ def _opt_frac(v: Any) -> float | None:
 
 @dataclass(frozen=True)
 class EngineLoad:
-    """An engine's load (RECORDS.md ``engines[].load``); None = unknown.
+    """An engine's load (protocol/records.md ``engines[].load``); None = unknown.
 
     One type end to end: an engine plugin returns it from ``Engine.load``,
     the engine manager gossips it (:meth:`as_record`), and routing reads it
@@ -158,8 +159,12 @@ class RouterConfig:
     ewma_alpha: float = 0.3
     #: Latency (s) assumed when nothing at all has been observed.
     default_latency: float = 1.0
-    #: Saturated when outstanding >= capacity * (1 + this) (capacity known only).
-    max_queue_per_slot: float = 8.0
+    #: Full when outstanding >= capacity * (1 + this) (capacity known only).
+    #: 0: an engine at capacity takes no more; the request waits in the
+    #: receiving node's queue for the first slot that frees anywhere (the
+    #: engine's own queue would pin it to that engine, and llama-cpp-python
+    #: interrupts a running stream for a second request).
+    max_queue_per_slot: float = 0.0
     #: Consecutive failures that open a target's circuit.
     failure_threshold: int = 3
     #: Circuit cooldown (s): min, doubling per further failure, up to max.
@@ -183,6 +188,8 @@ class Decision:
     status: DecisionStatus
     retry_after: float = 0.0
     via_affinity: bool = False
+    #: Usable candidates left out because they are full (they may free up).
+    full: int = 0
 
 
 @dataclass
@@ -353,7 +360,8 @@ class Router:
         )
         tail = sorted(open_, key=lambda c: (self._st(c.target).open_until, c.target))
         ordered = ([first] if first is not None else []) + rest + tail
-        return Decision(tuple(c.target for c in ordered), "ok", 0.0, via_affinity)
+        return Decision(tuple(c.target for c in ordered), "ok", 0.0, via_affinity,
+                        full=len(saturated))
 
 
 # -- request features ------------------------------------------------------------------

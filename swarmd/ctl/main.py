@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 from swarmd.control.client import ControlClient, ControlError
-from swarmd.ctl import drain, join, leave, models, nodes, status
+from swarmd.ctl import drain, join, leave, models, nodes, pull, rm, status
 
 COMMANDS: dict[str, ModuleType] = {
     "status": status,
@@ -30,6 +30,8 @@ COMMANDS: dict[str, ModuleType] = {
     "join": join,
     "leave": leave,
     "drain": drain,
+    "pull": pull,
+    "rm": rm,
 }
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from swarmd.control.client import ControlClient
 from swarmd.ctl import output
+
+if TYPE_CHECKING:
+    from swarmd.core.views import NodeDoc
 
 HELP = "list the swarm's nodes"
 COLUMNS = ("", "NAME", "ID", "STATE", "CPU", "RAM", "GPUS", "LOAD", "ENG/MODELS", "AGE")
@@ -16,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pass
 
 
-def node_rows(nodes: list[dict[str, Any]]) -> list[list[str]]:
+def node_rows(nodes: Sequence[NodeDoc]) -> list[list[str]]:
     """One table row per node; the first column marks the coordinator (*) and this node (>)."""
     rows = []
     for n in nodes:
@@ -40,7 +44,7 @@ def node_rows(nodes: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def print_nodes(nodes: list[dict[str, Any]], title: str | None = None) -> None:
+def print_nodes(nodes: Sequence[NodeDoc], title: str | None = None) -> None:
     output.print_table(title, COLUMNS, node_rows(nodes))
 
 

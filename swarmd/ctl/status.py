@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
 
 from swarmd.control.client import ControlClient
 from swarmd.ctl import output
 from swarmd.ctl.nodes import print_nodes
+
+if TYPE_CHECKING:
+    from swarmd.core.views import StatusDoc
 
 HELP = "show this node, the coordinator and the swarm's nodes"
 
@@ -16,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pass
 
 
-def header(doc: dict[str, Any]) -> str:
+def header(doc: StatusDoc) -> str:
     nodes = list(doc.get("nodes") or [])
     names = {n.get("node_id"): n.get("name") for n in nodes}
     me = f"{doc.get('name', '?')} ({output.short_id(str(doc.get('node_id', '')))})"

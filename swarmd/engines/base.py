@@ -52,6 +52,16 @@ from swarmd.core.routing import EngineLoad as EngineLoad  # re-exported: plugins
 #: OpenAI routes that engines serve and the API forwards.
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
+#: What an engine can do for a model (protocol/engines.md "Capabilities").
+CAPABILITIES = ("chat", "completions", "embeddings")
+
+#: The capability each OpenAI route needs.
+ROUTE_CAPABILITY = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+
 #: Default timeout for one poll call (health, models, load, probe), seconds.
 POLL_TIMEOUT_S = 2.0
 
@@ -82,6 +92,9 @@ class EngineSpec:
     options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     #: True when found by local detection rather than configured.
     detected: bool = False
+    #: What it can do (subset of CAPABILITIES), configured; empty: learn it
+    #: from the engine where it tells, else assume all.
+    capabilities: tuple[str, ...] = ()
 
     @property
     def port(self) -> int:
@@ -114,6 +127,7 @@ class EngineSpec:
             capacity=getattr(entry, "capacity", None) or None,
             timeout_s=float(timeout),
             options=MappingProxyType(dict(options)),
+            capabilities=tuple(getattr(entry, "capabilities", ()) or ()),
         )
 
 
@@ -153,6 +167,10 @@ class Engine(abc.ABC):
     #: Lower bound on the manager's poll interval for this kind (a cloud API
     #: should not be asked for /v1/models every 2 s).
     min_poll_interval: ClassVar[float] = 0.0
+    #: The field this kind reads for the completion length limit.  Engines
+    #: that ignore OpenAI's newer ``max_completion_tokens`` (llama.cpp, TGI,
+    #: mlx-lm, older Ollama) set "max_tokens": the request is rewritten.
+    max_tokens_field: ClassVar[str] = "max_completion_tokens"
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec
@@ -178,6 +196,22 @@ class Engine(abc.ABC):
 
     def url_for(self, path: str) -> str:
         return self.root + path
+
+    @classmethod
+    def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
+                       threads: int = 0, chat_format: str = "") -> list[str] | None:
+        """The argv that starts an engine of this kind serving ``model_path``
+        on 127.0.0.1, with ``{port}`` where the port goes (the supervisor
+        fills it in), or None when this kind cannot be launched by swarmd
+        (the engine must then be started by hand and configured)."""
+        return None
+
+    def polls_disturb(self) -> bool:
+        """True when a poll sent while the engine serves a request would
+        harm that request (llama-cpp-python interrupts a running stream
+        for any request that takes its model lock, ``GET /v1/models``
+        included).  The manager then does not poll while requests run."""
+        return False
 
     def auth_headers(self) -> dict[str, str]:
         """Headers that authenticate swarmd to the engine (default: Bearer key)."""
@@ -209,13 +243,58 @@ class Engine(abc.ABC):
         ``headers`` are the client's forwarded headers; any Authorization in
         them is dropped and replaced by the engine's own.
         """
-        out = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        if not any(k.lower() == "content-type" for k in out):
-            out["Content-Type"] = "application/json"
+        # The body has been parsed as JSON already, whatever the client's
+        # Content-Type said: the engine is told what it is.
+        out = {k: v for k, v in headers.items()
+               if k.lower() not in ("authorization", "content-type")}
+        out["Content-Type"] = "application/json"
         out.update(self.auth_headers())
-        if self.upstream_name:
-            body = rewrite_model(body, self.upstream_name)
+        body = self.adapt_body(route, body)
         return UpstreamRequest("POST", self.url_for(self.route_path(route)), out, body)
+
+    def adapt_body(self, route: str, body: bytes) -> bytes:
+        """Translate an OpenAI body into what this kind understands
+        (protocol/engines.md, "Parameter translation"): the model rename and
+        ``max_completion_tokens`` -> ``max_tokens`` where the engine ignores
+        the former.  Parses the body only when something may change."""
+        rename = bool(self.upstream_name)
+        limit = (self.max_tokens_field == "max_tokens"
+                 and b"max_completion_tokens" in body)
+        if not rename and not limit:
+            return body
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return body
+        if not isinstance(doc, dict):
+            return body
+        changed = False
+        model = doc.get("model")
+        if rename and isinstance(model, str) and model in self.upstream_name:
+            doc["model"] = self.upstream_name[model]
+            changed = True
+        if limit and "max_completion_tokens" in doc:
+            mct = doc.pop("max_completion_tokens")
+            if doc.get("max_tokens") is None and mct is not None:
+                doc["max_tokens"] = mct
+            changed = True
+        if not changed:
+            return body
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+    async def count_tokens(self, http: aiohttp.ClientSession, model: str,
+                           text: str) -> int | None:
+        """Tokens in ``text`` by the engine's own tokenizer, None when the
+        engine cannot tell (swarmd then estimates).  Used only to fill in
+        usage an engine did not report."""
+        return None
+
+    async def capabilities(self, http: aiohttp.ClientSession,
+                           models: list[ModelInfo]) -> dict[str, tuple[str, ...]] | None:
+        """What each model can do, learned from the engine, or None when this
+        kind cannot tell (then all of CAPABILITIES is assumed).  Called when
+        the model list changes; the configured ``capabilities`` win."""
+        return None
 
     def route_path(self, route: str) -> str:
         """Path on the engine for an OpenAI route (default: the same)."""
@@ -267,6 +346,22 @@ async def get_json(http: aiohttp.ClientSession, url: str, *,
         return json.loads(raw)
     except ValueError:
         raise EngineError(f"GET {url}: not JSON") from None
+
+
+async def post_json(http: aiohttp.ClientSession, url: str, doc: Any, *,
+                    headers: Mapping[str, str] | None = None,
+                    wait_s: float = POLL_TIMEOUT_S) -> Any:
+    """POST ``doc`` as JSON to ``url`` and decode the JSON answer; EngineError
+    on a non-2xx status or bad JSON (connection errors and timeouts propagate)."""
+    async with asyncio.timeout(wait_s):
+        async with http.post(url, json=doc, headers=headers, allow_redirects=False) as resp:
+            raw = await resp.read()
+            if not 200 <= resp.status < 300:
+                raise EngineError(f"POST {url}: HTTP {resp.status}")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise EngineError(f"POST {url}: not JSON") from None
 
 
 async def get_text(http: aiohttp.ClientSession, url: str, *,

@@ -14,13 +14,25 @@ Polling: every ``poll_interval`` seconds (default 2 s; a kind or
 ``options.poll_interval`` can ask for less often -- cloud upstreams are
 polled every 15 s) each engine is asked for health, then, when healthy, its
 load and -- every ``models_interval`` seconds or when it turns healthy --
-its model list.  Each call is bounded by ``poll_timeout``.  A refused
-connection marks the engine unhealthy at once; other failures (timeouts,
-5xx, bad JSON) only after ``fail_threshold`` polls in a row, so one slow
-answer does not flap the gossiped record.  The last model list is kept while
-an engine is down.
+its model list.  Each call is bounded by ``poll_timeout``.
 
-Record: :meth:`record` gives the RECORDS.md ``engines`` list.  Models are the
+Busy is not down.  Many engines answer nothing else while they generate
+(llama-cpp-python holds even ``/v1/models`` until a stream ends), so a poll
+that times out while this node has requests in flight on the engine (or the
+engine last reported running ones) means *busy*: the engine keeps its health
+and its last load and capacity, and the poll counts no failure.  Down is a
+refused connection (at once), or ``fail_threshold`` failed polls in a row
+while idle, or ``fail_threshold`` failed requests in a row
+(:meth:`note_result`) while polls also fail.  Flapping is damped: an engine
+that went down comes back only after ``rise_threshold`` good polls in a row
+(one when it was down for a refused connection and answers again).  The last
+model list is kept while an engine is down.
+
+Capabilities: learned when the model list changes (:meth:`Engine.capabilities`)
+unless configured; gossiped per engine as ``capabilities`` (the union) and
+``model_capabilities`` (per model, only where models differ).
+
+Record: :meth:`record` gives the ``engines`` list of the node record (protocol/records.md).  Models are the
 engine's ids after ``options.rename``; a configured ``models`` list serves its
 literal ids as given and uses its glob entries (``*?[``) to filter the
 reported ids.  ``load.running`` is the engine's own figure, or when it cannot
@@ -70,10 +82,22 @@ class EngineState:
     error: str | None = None
     checked_at: float | None = None  # monotonic time of the last poll
     model_info: tuple[ModelInfo, ...] = ()
+    busy: bool = False  # the last poll timed out while requests were in flight
+    #: model -> capabilities; empty: unknown (all assumed)
+    capabilities: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "healthy": self.healthy,
-                "models": list(self.models), "load": self.load.as_record()}
+        rec: dict[str, Any] = {"id": self.id, "kind": self.kind, "healthy": self.healthy,
+                               "models": list(self.models), "load": self.load.as_record()}
+        caps = [self.capabilities.get(m) for m in self.models]
+        if caps and all(c is not None for c in caps):
+            union = sorted({c for cs in caps if cs is not None for c in cs})
+            rec["capabilities"] = union
+            differ = {m: list(c) for m, c in zip(self.models, caps, strict=True)
+                      if c is not None and sorted(c) != union}
+            if differ:
+                rec["model_capabilities"] = differ
+        return rec
 
 
 @dataclass(eq=False)
@@ -90,6 +114,13 @@ class _Slot:
     checked_at: float | None = None
     down_since: float | None = None
     error: str | None = None
+    busy: bool = False
+    rises: int = 0  # good polls in a row while down
+    definitive: bool = False  # the last failure was a refused connection
+    ever_healthy: bool = False
+    request_failures: int = 0  # failed requests in a row (note_result)
+    caps: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    caps_for: tuple[str, ...] | None = None  # model ids the caps were learned for
 
     @property
     def spec(self) -> EngineSpec:
@@ -117,6 +148,7 @@ class EngineManager:
         redetect_interval: float = 30.0,
         forget_after: float = 60.0,
         fail_threshold: int = 2,
+        rise_threshold: int = 2,
         poll_timeout: float = 2.0,
         detect_host: str = "127.0.0.1",
         detect_ports: Mapping[str, tuple[int, ...]] | None = None,
@@ -135,6 +167,7 @@ class EngineManager:
         self.redetect_interval = redetect_interval
         self.forget_after = forget_after
         self.fail_threshold = max(1, fail_threshold)
+        self.rise_threshold = max(1, rise_threshold)
         self.poll_timeout = poll_timeout
         self.detect_host = detect_host
         self.detect_ports = dict(detect_ports) if detect_ports is not None else None
@@ -243,8 +276,13 @@ class EngineManager:
         now = self.clock()
         slot.next_poll = now + eng.poll_every(self.poll_interval)
         slot.checked_at = now
+        if slot.healthy and slot.inflight > 0 and eng.polls_disturb():
+            slot.busy = True  # a poll now would interrupt what it serves
+            return
         definitive = False
+        timed_out = False
         err: str | None = None
+        busy_before = self._busy(slot)
         try:
             ok = bool(await self._call(eng.health(self.http)))
             if not ok:
@@ -255,8 +293,18 @@ class EngineManager:
             raise
         except Exception as exc:
             ok, err = False, _describe(exc)
+            timed_out = isinstance(exc, TimeoutError)
+        if not ok and timed_out and slot.healthy and (busy_before or self._busy(slot)):
+            # Busy, not down: keep health, load and capacity as they were.
+            if not slot.busy:
+                log.debug("engine %s is busy (poll timed out with %d in flight)",
+                          eng.id, slot.inflight)
+            slot.busy = True
+            return
+        slot.busy = False
         if not ok:
             slot.failures += 1
+            slot.rises = 0
             if slot.healthy and (definitive or slot.failures >= self.fail_threshold):
                 log.warning("engine %s (%s) is down: %s", eng.id, eng.spec.kind, err)
                 slot.healthy = False
@@ -265,10 +313,19 @@ class EngineManager:
                 if slot.down_since is None:
                     slot.down_since = now
             slot.error = err
+            slot.definitive = definitive
             return
         was_healthy = slot.healthy
         slot.failures = 0
+        if not was_healthy:
+            slot.rises += 1
+            if slot.ever_healthy and not slot.definitive and slot.rises < self.rise_threshold:
+                slot.error = f"recovering ({slot.rises}/{self.rise_threshold} good polls)"
+                return
         slot.healthy = True
+        slot.ever_healthy = True
+        slot.rises = 0
+        slot.request_failures = 0
         slot.down_since = None
         slot.error = None
         if not was_healthy:
@@ -282,6 +339,7 @@ class EngineManager:
                 raise
             except Exception as exc:
                 slot.error = f"model list: {_describe(exc)}"
+        await self._learn_capabilities(slot)
         try:
             before = slot.inflight
             slot.load = await self._call(eng.load(self.http))
@@ -291,8 +349,51 @@ class EngineManager:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            slot.load = EngineLoad()
+            if not (isinstance(exc, TimeoutError) and self._busy(slot)):
+                slot.load = EngineLoad(capacity=slot.load.capacity)
             slot.error = f"load: {_describe(exc)}"
+
+    @staticmethod
+    def _busy(slot: _Slot) -> bool:
+        """Requests in flight on the engine: ours now, or the engine's own count."""
+        return slot.inflight > 0 or bool(slot.load.running) or bool(slot.load.waiting)
+
+    async def _learn_capabilities(self, slot: _Slot) -> None:
+        ids = tuple(sorted(m.id for m in slot.models))
+        if slot.spec.capabilities or ids == slot.caps_for or slot.inflight > 0:
+            return  # configured, already known, or busy (learn when idle)
+        try:
+            learned = await self._call(slot.engine.capabilities(self.http, slot.models))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("engine %s: capabilities not learned: %s", slot.engine.id, _describe(exc))
+            return
+        slot.caps = dict(learned or {})
+        slot.caps_for = ids
+        if learned:
+            log.info("engine %s capabilities: %s", slot.engine.id,
+                     ", ".join(f"{m}={'+'.join(c) or 'none'}" for m, c in sorted(learned.items())))
+
+    def note_result(self, engine_id: str, ok: bool) -> None:
+        """A request on the engine succeeded or failed (for engine reasons:
+        refused, broken, 5xx).  A success proves the engine up; failures in a
+        row while polls also fail take it down sooner than polls alone."""
+        slot = self._slots.get(engine_id)
+        if slot is None:
+            return
+        if ok:
+            slot.request_failures = 0
+            return
+        slot.request_failures += 1
+        if (slot.healthy and slot.failures >= 1
+                and slot.request_failures >= self.fail_threshold):
+            log.warning("engine %s (%s) is down: %d failed requests and a failed poll",
+                        engine_id, slot.spec.kind, slot.request_failures)
+            slot.healthy = False
+            slot.down_since = self.clock()
+            slot.load = EngineLoad()
+            self._report()
 
     def _forget_gone(self) -> None:
         now = self.clock()
@@ -328,6 +429,21 @@ class EngineManager:
         matched = [r for r in reported if any(fnmatch.fnmatchcase(r, g) for g in globs)]
         return tuple(dict.fromkeys(literal + matched))
 
+    def _capabilities(self, slot: _Slot) -> dict[str, tuple[str, ...]]:
+        served = self._served(slot)
+        if slot.spec.capabilities:
+            return {m: slot.spec.capabilities for m in served}
+        if not slot.caps:
+            return {}
+        back = slot.engine.upstream_name
+        out = {}
+        for m in served:
+            c = slot.caps.get(back.get(m, m))
+            if c is None:
+                return {}  # one unknown: say nothing (all assumed)
+            out[m] = c
+        return out
+
     def _state(self, eid: str, slot: _Slot) -> EngineState:
         spec = slot.spec
         got = slot.load
@@ -342,7 +458,8 @@ class EngineManager:
             id=eid, kind=spec.kind, url=spec.url, healthy=slot.healthy,
             models=self._served(slot), load=load, inflight=slot.inflight,
             detected=spec.detected, error=slot.error, checked_at=slot.checked_at,
-            model_info=tuple(slot.models),
+            model_info=tuple(slot.models), busy=slot.busy,
+            capabilities=self._capabilities(slot),
         )
 
     def engines(self) -> list[EngineState]:
@@ -356,7 +473,7 @@ class EngineManager:
         return self._slots[engine_id].engine
 
     def record(self) -> list[dict[str, Any]]:
-        """RECORDS.md ``engines`` entries, sorted by id."""
+        """The record's ``engines`` entries (protocol/records.md), sorted by id."""
         return [s.record() for s in self.engines()]
 
     # -- request path (API layer) ------------------------------------------------------
@@ -365,6 +482,24 @@ class EngineManager:
                 headers: Mapping[str, str]) -> UpstreamRequest:
         """The HTTP request for a client request; KeyError if the engine is unknown."""
         return self._slots[engine_id].engine.request(route, body, headers)
+
+    async def count_tokens(self, engine_id: str, model: str, text: str) -> int | None:
+        """The engine's own token count for ``text`` (None: it cannot tell)."""
+        slot = self._slots.get(engine_id)
+        if slot is None or not text:
+            return None
+        back = slot.engine.upstream_name.get(model, model)
+        try:
+            return await self._call(slot.engine.count_tokens(self.http, back, text))
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None
+
+    def capacity(self, engine_id: str) -> int | None:
+        """Max concurrent requests the engine takes (configured, else its own), if known."""
+        slot = self._slots.get(engine_id)
+        if slot is None:
+            return None
+        return slot.spec.capacity or slot.load.capacity or None
 
     def current_load(self, engine_id: str) -> EngineLoad | None:
         """The engine's load now, as well as this node can tell (None if unknown).

@@ -6,14 +6,18 @@ The daemon runs trio (libp2p) on the main thread and asyncio (aiohttp) on a
 second one.  Neither loop may block, so every crossing is a callback queued
 on the other loop: ``TrioToken.run_sync_soon`` into trio and
 ``loop.call_soon_threadsafe`` into asyncio.  Both are thread-safe and never
-block; each crossing costs about 0.3 ms of latency (FIELD-NOTES), so hot
-streams cross in batches.
+block; each crossing costs about 0.3 ms of latency (measured: README, "The
+OpenAI port"), so hot streams cross in batches.
 
 :meth:`Bridge.to_trio` (await it in asyncio) runs a trio coroutine function
 as a trio system task under its own cancel scope and hands back its result or
 exception.  Cancelling the awaiting asyncio task cancels that scope; the
 asyncio side then waits for the trio task to finish unwinding, so resources
 it held are released before the cancellation completes.
+
+:meth:`Bridge.call_trio_soon` and :meth:`Bridge.call_asyncio_soon` queue a
+plain call on the other loop and return at once (fire and forget: record
+changes, stop).
 
 :meth:`Bridge.to_asyncio` (await it in trio) runs a coroutine as an asyncio
 task.  Cancelling the trio caller cancels the asyncio task and waits for it
@@ -264,11 +268,26 @@ class Bridge:
                 pass
             raise
 
+    def call_trio_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        """Queue ``fn(*args)`` in trio and return at once (fire and forget).
+
+        For rare commands with no answer (record changes, stop); safe from
+        any thread.  Silently dropped once the trio run has finished.
+        """
+        try:
+            self.trio_token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            pass
+
     def _call_asyncio(self, fn: Callable[..., None], *args: Any) -> None:
         try:
             self.loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # asyncio loop closed
             pass
+
+    def call_asyncio_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        """Queue ``fn(*args)`` in asyncio and return at once; safe from any thread."""
+        self._call_asyncio(fn, *args)
 
     # -- trio -> asyncio ----------------------------------------------------------------
 

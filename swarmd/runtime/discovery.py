@@ -21,7 +21,7 @@ closing block, so they run in ``trio.to_thread``; browser callbacks run on
 zeroconf's browser thread and cross into trio with
 ``TrioToken.run_sync_soon``.  ``interfaces`` takes interface names (or IP
 addresses) to bind to; empty means all, which python-zeroconf handles less
-reliably (FIELD-NOTES).  :meth:`MdnsDiscovery.run` unregisters (sending the
+reliably (python-zeroconf issue 54).  :meth:`MdnsDiscovery.run` unregisters (sending the
 mDNS goodbye) and closes on cancellation.
 """
 

@@ -58,6 +58,7 @@ import trio
 
 from swarmd.api.upstream import Deadlines, ProxyRequest, UpstreamError
 from swarmd.core import forward_wire as fw
+from swarmd.core.error_kinds import from_wire, to_wire
 from swarmd.runtime.bridge import Bridge, Channel, ChannelClosed
 
 log = logging.getLogger("swarmd.forward")
@@ -292,18 +293,10 @@ class ForwardClient:
 
 # -- the asyncio face of the client ------------------------------------------------------
 
-_KINDS = {
-    "saturated": "saturated",
-    "unavailable": "unavailable",
-    "no_engine": "unavailable",
-    "connect": "connect",
-    "timeout": "timeout",
-    "cancelled": "cancelled",
-}
 
 
 def _upstream_error(err: fw.Error) -> UpstreamError:
-    return UpstreamError(_KINDS.get(err.code, "upstream"), err.message or err.code,
+    return UpstreamError(from_wire(err.code), err.message or err.code,
                          retry_after=err.retry_after, status=err.status)
 
 
@@ -407,10 +400,6 @@ class BridgedForwarder:
 #: Runs a request against a local engine; called in the asyncio thread.
 LocalOpen = Callable[[str, ProxyRequest, Deadlines], Awaitable[Any]]
 
-_CODES = {
-    "saturated": "saturated", "unavailable": "unavailable", "connect": "connect",
-    "timeout": "timeout", "upstream": "upstream", "cancelled": "cancelled",
-}
 
 
 def _coalesce(batch: list[fw.Frame]) -> tuple[list[fw.Frame], bool]:
@@ -516,7 +505,7 @@ class ForwardServer:
                         await chan.send(fw.Data(data[i : i + fw.MAX_CHUNK]))
                 await chan.send(fw.End())
             except UpstreamError as exc:
-                await chan.send(fw.Error(_CODES.get(exc.kind, "upstream"), exc.message,
+                await chan.send(fw.Error(to_wire(exc.kind), exc.message,
                                          exc.retry_after, exc.status))
             except (ChannelClosed, ConnectionError):
                 pass

@@ -2,19 +2,23 @@
 
 Theory of operation
 -------------------
-aiohttp needs asyncio; py-libp2p needs trio (FIELD-NOTES measured the
-options: two threads beat trio-asyncio by about 2x on HTTP).  This thread runs
-one asyncio loop with:
+aiohttp needs asyncio; py-libp2p needs trio (measured: two threads beat
+trio-asyncio by about 2x on HTTP).  This thread runs one asyncio loop with
+what :func:`swarmd.runtime.services.start_services` starts:
 
 - the control API on the unix socket (``swarmd.control.server``), answering
-  from the latest :class:`~swarmd.runtime.snapshot.Snapshot` with no crossing;
+  from the latest :class:`~swarmd.core.snapshot.Snapshot` with no crossing;
 - the engine manager, polling this node's engines and pushing their record
   into the node's gossiped state when it changes (one crossing per change);
 - the OpenAI-compatible API (``swarmd.api``), which calls local engines
   directly and crosses into trio only to forward to another node.
 
-:meth:`HttpSide.start` returns once every listener is bound (or raises the
-error that stopped it); :meth:`stop` shuts the loop down from any thread.
+:class:`HttpSide` knows nothing of what it runs: the composition root
+(:mod:`swarmd.runtime.assembly`) passes ``start``, called in the new loop
+with the :class:`~swarmd.runtime.bridge.Bridge` between the trio run and
+this loop.  :meth:`HttpSide.start` returns what ``start`` returned once
+every listener is bound (or raises the error that stopped it); :meth:`stop`
+shuts the loop down from any thread.
 """
 
 from __future__ import annotations
@@ -22,39 +26,49 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import trio
 
 from swarmd.log import kv
-
-if TYPE_CHECKING:
-    from swarmd.config import Config
-    from swarmd.runtime.node import Node
+from swarmd.runtime.bridge import Bridge
 
 log = logging.getLogger("swarmd.http")
 
 
+class HasCleanups(Protocol):
+    cleanups: list[Callable[[], Any]]
+
+
 class HttpSide:
-    def __init__(self, cfg: Config, node: Node) -> None:
-        self.cfg = cfg
-        self.node = node
+    def __init__(self, trio_token: trio.lowlevel.TrioToken,
+                 start: Callable[[Bridge], Awaitable[HasCleanups]], *, label: str = "") -> None:
+        self.trio_token = trio_token
+        self._start = start
+        self._label = label
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._stop: asyncio.Event | None = None
-        self._cleanups: list[Callable[[], Any]] = []
+        self._bridge: Bridge | None = None
+        self._started: HasCleanups | None = None
 
-    def start(self) -> None:
+    def start(self) -> HasCleanups:
+        """Start the thread; blocks until its services are up (call off the trio thread)."""
         self._thread = threading.Thread(target=self._run, name="swarmd-http", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
             raise self._error
+        assert self._started is not None
+        return self._started
 
     def stop(self) -> None:
-        if self.loop is not None and self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
+        """Stop the services and the thread; safe from any thread."""
+        if self._bridge is not None and self._stop is not None:
+            self._bridge.call_asyncio_soon(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -69,20 +83,20 @@ class HttpSide:
                 log.exception("http side crashed")
 
     async def _main(self) -> None:
-        from swarmd.runtime.services import start_services
-
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
-            self._cleanups = await start_services(self.cfg, self.node, self.loop)
+            self._bridge = Bridge(self.trio_token, self.loop)
+            started = await self._start(self._bridge)
         except BaseException as exc:
             self._error = exc
             self._ready.set()
             return
+        self._started = started
         self._ready.set()
-        log.info("http side ready", extra=kv(api=self.cfg.api.listen))
+        log.info("http side ready", extra=kv(api=self._label))
         await self._stop.wait()
-        for cleanup in reversed(self._cleanups):
+        for cleanup in reversed(started.cleanups):
             try:
                 res = cleanup()
                 if asyncio.iscoroutine(res):

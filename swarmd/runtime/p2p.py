@@ -4,15 +4,15 @@ Theory of operation
 -------------------
 :class:`P2PNode` wraps one py-libp2p host: TCP, Noise (the only security
 transport offered, so no plaintext/secio fallback), yamux, and this node's
-Ed25519 identity.  On top of libp2p it adds:
+Ed25519 identity.  On top of libp2p it adds admission (only peers that
+proved the swarm secret are served), SWIM frames with UDP-like semantics, and
+dialling of seeds given without a peer id.
 
-Admission.  A connection proves the remote's *peer id* (Noise); admission
-proves it knows the *swarm secret* (:mod:`swarmd.core.admission`, protocol
-``/swarmd/admit/1.0.0``).  Whoever needs the connection first runs it as
-initiator; a peer admitted in either direction is admitted for both until its
-last connection closes.  Streams of every swarmd protocol from a peer that is
-not admitted are reset and counted; a connection not admitted within
-``Timeouts.unadmitted_conn`` is closed; a failed admission closes it at once.
+Layout: this module is the frame transport (the host's lifecycle, the
+per-peer senders, the inbound SWIM reader, connection events) behind the
+unchanged :class:`P2PNode` facade; the admission gate is
+:mod:`swarmd.runtime.p2p_admission`, dialling and resolving bare addresses
+:mod:`swarmd.runtime.p2p_dialer`, shared state :mod:`swarmd.runtime.p2p_base`.
 
 SWIM frames, with UDP-like semantics.  :meth:`P2PNode.send` never blocks and
 never raises: it queues the frame for the peer (bounded; the oldest frame is
@@ -25,19 +25,6 @@ admission from the peer clears it).  A sender idle for ``sender_idle`` closes
 its stream and exits.  Each direction uses its own stream; the inbound reader
 hands each frame to ``on_frame(sender_peer_id, frame)`` in the trio thread.
 
-Unknown peer ids.  A seed given as ``host:port`` or a multiaddr without
-``/p2p/`` is dialled with the Noise handshake run with no expected peer id
-(Noise still authenticates the remote key); the id it reports names the
-connection, which is then upgraded to yamux and handed to the swarm like any
-dialled connection.  Details in protocol/transport.md.
-
-py-libp2p 0.8.1 pitfalls handled here (see FIELD-NOTES): its auto-connector
-redials every peer in the peerstore below 50 connections (it would revive
-peers that membership declared dead) and is switched off; its dial_peer dials
-only the first TCP address and blacklists a peer for 60 s after a failure, so
-we dial address by address with ``Swarm.dial_addr``; its default security
-options include plaintext, so Noise is given explicitly.
-
 Every await on the network has a deadline (dial, admission, each frame, each
 write, idle streams), so a silent or hostile peer cannot hold a task; memory
 per peer is bounded by the queue length, the frame size and the inbound
@@ -46,154 +33,38 @@ stream count.
 
 from __future__ import annotations
 
-import logging
 import math
-import secrets
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import multiaddr
 import trio
 
-from swarmd.core import admission
-from swarmd.identity import Identity
 from swarmd.runtime.p2p_addrs import (
     expand_listen_addr,
-    hostport_to_multiaddr,
     parse_seed,
-    split_p2p,
 )
+from swarmd.runtime.p2p_admission import AdmissionGate
+from swarmd.runtime.p2p_base import (
+    ADMIT_PROTOCOL,
+    MAX_INBOUND_STREAMS,
+    MAX_PEERS,
+    SWIM_PROTOCOL,
+    WRITE_BATCH,
+    Handler,
+    P2PError,
+    Timeouts,
+    _Peer,
+    log,
+)
+from swarmd.runtime.p2p_dialer import Dialer
 from swarmd.runtime.p2p_framing import FrameError, FrameReader, StreamClosedError, encode_frame
 
 __all__ = ["SWIM_PROTOCOL", "ADMIT_PROTOCOL", "P2PError", "P2PNode", "Timeouts", "parse_seed"]
 
-log = logging.getLogger("swarmd.p2p")
 
-SWIM_PROTOCOL = "/swarmd/swim/1.0.0"
-ADMIT_PROTOCOL = admission.PROTOCOL_ID
-#: Most frames a sender keeps queued for one peer.
-QUEUE_MAX = 256
-#: Most peers with a sender at once; more are dropped (and counted).
-MAX_PEERS = 1024
-#: Most unknown-id addresses being resolved at once, and frames held for each.
-MAX_RESOLVING = 64
-RESOLVE_QUEUE = 16
-#: Most concurrent inbound swim streams from one peer (its sender keeps one).
-MAX_INBOUND_STREAMS = 4
-#: Bytes coalesced into one write.
-WRITE_BATCH = 256 * 1024
-#: Seconds a learnt "address -> peer id" stays trusted without a new dial.
-RESOLVE_TTL = 60.0
-#: Seconds between warnings about one peer's failed admission.
-WARN_EVERY = 60.0
-#: Peerstore address TTL for addresses we were given.
-ADDR_TTL = 600
-
-Handler = Callable[[str, Any], Awaitable[None]]
-
-_STAT_KEYS = (
-    "frames_in", "frames_out", "bytes_in", "bytes_out",
-    "dropped_unadmitted", "dropped_malformed", "dropped_queue_full", "dropped_send_error",
-    "dropped_oversize", "dropped_not_running", "dropped_self", "dropped_too_many_peers",
-    "admission_ok", "admission_failed", "dials", "dial_failures",
-    "conns_closed_unadmitted", "streams_refused", "stream_timeouts", "stream_errors",
-    "resolved", "resolve_failures", "on_frame_errors", "handler_errors",
-)
-
-
-class P2PError(Exception):
-    """A dial, admission or stream open failed (open_stream only; send never raises)."""
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Deadlines in seconds."""
-
-    dial: float = 5.0  # per address: TCP + Noise + yamux
-    admission: float = 5.0  # the whole admission exchange
-    open_stream: float = 5.0  # protocol negotiation of a new stream
-    write: float = 5.0  # one coalesced write
-    frame: float = 10.0  # a frame whose first byte arrived must complete
-    idle_stream: float = 300.0  # inbound swim stream silent this long is closed
-    unadmitted_conn: float = 10.0  # connection not admitted by then is closed
-    sender_idle: float = 60.0  # sender with nothing to send exits
-    backoff_min: float = 0.25
-    backoff_max: float = 5.0
-
-
-@dataclass(eq=False)
-class _Peer:
-    peer_id: str
-    addrs: tuple[str, ...] = ()
-    queue: deque[bytes] = field(default_factory=deque)
-    wake: trio.Event = field(default_factory=trio.Event)
-    running: bool = False
-    scope: trio.CancelScope | None = None
-    stream: Any = None
-    retry_at: float = 0.0
-    backoff: float = 0.0
-    closed: bool = False
-
-
-def _pid_of(stream: Any) -> str:
-    return str(stream.muxed_conn.peer_id)
-
-
-def _dialable(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
-    """TCP multiaddrs without /p2p/ from addresses in any seed spelling."""
-    out: list[multiaddr.Multiaddr] = []
-    for a in addrs:
-        try:
-            base, _ = split_p2p(a if a.startswith("/") else hostport_to_multiaddr(a))
-            ma = multiaddr.Multiaddr(base)
-        except Exception:
-            continue
-        if "tcp" in [p.name for p in ma.protocols()] and ma not in out:
-            out.append(ma)
-    return out
-
-
-class P2PNode:
-    def __init__(
-        self,
-        *,
-        identity: Identity,
-        listen: Sequence[str],
-        secret: bytes,
-        on_frame: Callable[[str, bytes], None],
-        on_admitted: Callable[[str, tuple[str, ...]], None] | None = None,
-        on_lost: Callable[[str], None] | None = None,
-        max_frame: int = 1 << 20,
-        queue_max: int = QUEUE_MAX,
-        timeouts: Timeouts | None = None,
-    ) -> None:
-        self.identity = identity
-        self.peer_id: str = identity.peer_id
-        self.listen = tuple(listen)
-        self.secret = secret
-        self.swarm_id = admission.swarm_id(secret)
-        self.on_frame = on_frame
-        self.on_admitted = on_admitted
-        #: Called with a peer id when the last connection to an admitted peer closed.
-        self.on_lost = on_lost
-        self.max_frame = max_frame
-        self.queue_max = queue_max
-        self.timeouts = timeouts or Timeouts()
-        self.stats: dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
-        self._host: Any = None
-        self._nursery: trio.Nursery | None = None
-        self._handlers: dict[str, Handler] = {}
-        self._peers: dict[str, _Peer] = {}
-        self._admitted: set[str] = set()
-        self._admitting: dict[str, trio.Event] = {}
-        self._inbound: dict[str, int] = {}
-        self._resolving: dict[tuple[str, ...], deque[bytes]] = {}
-        self._resolved: dict[tuple[str, ...], tuple[str, float]] = {}
-        self._warned: dict[str, float] = {}
-
-    # -- lifecycle -------------------------------------------------------------
+class P2PNode(AdmissionGate, Dialer):
+    """One libp2p host with admission and SWIM frame transport (see the module docstring)."""
 
     def _build_host(self) -> Any:
         from libp2p import new_host
@@ -269,8 +140,6 @@ class P2PNode:
             self._peers.clear()
             self._resolving.clear()
 
-    # -- public API ------------------------------------------------------------
-
     def addrs(self) -> list[str]:
         """Dialable multiaddrs of this node, each ending /p2p/<peer_id>."""
         if self._host is None:
@@ -341,8 +210,6 @@ class P2PNode:
         if self._nursery is not None and self._host is not None:
             self._nursery.start_soon(self._close_peer, peer_id)
 
-    # -- sending -----------------------------------------------------------------
-
     def _send(self, peer_id: str, addrs: tuple[str, ...], frame: bytes) -> None:
         if self._nursery is None:
             self.stats["dropped_not_running"] += 1
@@ -370,10 +237,6 @@ class P2PNode:
             self._nursery.start_soon(self._sender, st)
         else:
             st.wake.set()
-
-    def _drop_queue(self, st: _Peer, why: str = "dropped_send_error", extra: int = 0) -> None:
-        self.stats[why] += len(st.queue) + extra
-        st.queue.clear()
 
     async def _sender(self, st: _Peer) -> None:
         t = self.timeouts
@@ -441,328 +304,6 @@ class P2PNode:
             elif self._peers.get(st.peer_id) is st:
                 del self._peers[st.peer_id]
 
-    # -- unknown peer ids ----------------------------------------------------------
-
-    def _send_unknown(self, addrs: tuple[str, ...], frame: bytes) -> None:
-        if self._nursery is None:
-            self.stats["dropped_not_running"] += 1
-            return
-        if not addrs:
-            self.stats["dropped_send_error"] += 1
-            return
-        now = trio.current_time()
-        hit = self._resolved.get(addrs)
-        if hit is not None and hit[1] > now:
-            pid = hit[0]
-            if pid == self.peer_id:
-                self.stats["dropped_self"] += 1
-            else:
-                self._send(pid, self._with_id(addrs, pid), frame)
-            return
-        pending = self._resolving.get(addrs)
-        if pending is None:
-            if len(self._resolving) >= MAX_RESOLVING:
-                self.stats["dropped_too_many_peers"] += 1
-                return
-            pending = self._resolving[addrs] = deque()
-            self._nursery.start_soon(self._resolve, addrs)
-        if len(pending) >= RESOLVE_QUEUE:
-            pending.popleft()
-            self.stats["dropped_queue_full"] += 1
-        pending.append(frame)
-
-    def resolved_peer(self, addrs: Sequence[str]) -> str | None:
-        """The peer id last found behind ``addrs`` (a seed given without
-        /p2p/), or None if they were never reached."""
-        hit = self._resolved.get(tuple(addrs))
-        return hit[0] if hit is not None else None
-
-    def _forget_resolved(self, peer_id: str) -> None:
-        """A learnt address -> id is stale once that id stops answering (a seed
-        may come back at the same address with a new identity)."""
-        for key in [k for k, (pid, _) in self._resolved.items() if pid == peer_id]:
-            del self._resolved[key]
-
-    @staticmethod
-    def _with_id(addrs: Sequence[str], pid: str) -> tuple[str, ...]:
-        return tuple(f"{ma}/p2p/{pid}" for ma in _dialable(addrs))
-
-    async def _resolve(self, addrs: tuple[str, ...]) -> None:
-        pid: str | None = None
-        try:
-            pid = await self._dial_unknown(addrs)
-        except Exception as exc:
-            self.stats["resolve_failures"] += 1
-            log.debug("p2p: cannot reach seed",
-                      extra={"fields": {"addrs": ",".join(addrs), "err": str(exc)}})
-        pending = self._resolving.pop(addrs, deque())
-        if pid is None:
-            self.stats["dropped_send_error"] += len(pending)
-            return
-        self.stats["resolved"] += 1
-        if len(self._resolved) > 4 * MAX_RESOLVING:
-            self._resolved.clear()
-        self._resolved[addrs] = (pid, trio.current_time() + RESOLVE_TTL)
-        if pid == self.peer_id:
-            self.stats["dropped_self"] += len(pending)
-            return
-        full = self._with_id(addrs, pid)
-        for frame in pending:
-            self._send(pid, full, frame)
-
-    async def _dial_unknown(self, addrs: Sequence[str]) -> str:
-        """Dial the first reachable address; return the peer id Noise reports."""
-        host = self._host
-        if host is None:
-            raise P2PError("not running")
-        swarm = host.get_network()
-        last: Exception | None = None
-        for ma in _dialable(addrs)[:4]:
-            self.stats["dials"] += 1
-            try:
-                with trio.fail_after(self.timeouts.dial):
-                    return await self._dial_addr_unknown(swarm, ma)
-            except Exception as exc:
-                last = exc
-        self.stats["dial_failures"] += 1
-        raise P2PError(f"no address of {list(addrs)} answered: {last}")
-
-    async def _dial_addr_unknown(self, swarm: Any, ma: multiaddr.Multiaddr) -> str:
-        transport = swarm.transport_manager.transport_for_dialing(ma)
-        if transport is None:
-            raise P2PError(f"no transport for {ma}")
-        raw = await transport.dial(ma)
-        secured: Any = None
-        try:
-            none_id: Any = None  # Noise XX with no expected id: it reports the remote's
-            secured = await swarm.upgrader.security_multistream.secure_outbound(raw, none_id)
-            remote = secured.get_remote_peer()
-            pid = str(remote)
-            if pid == self.peer_id:
-                await secured.close()
-                return pid
-            if swarm.get_connections(remote):
-                await secured.close()  # already connected (e.g. it dialled us)
-                host_ps = swarm.peerstore
-                host_ps.add_addrs(remote, [ma], ADDR_TTL)
-                return pid
-            muxed = await swarm.upgrader.upgrade_connection(secured, remote)
-            swarm.peerstore.add_addrs(remote, [ma], ADDR_TTL)
-            await swarm.add_conn(muxed, direction="outbound")
-            return pid
-        except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                try:
-                    await (secured or raw).close()
-                except Exception:
-                    pass
-            raise
-
-    # -- dial + admission ------------------------------------------------------------
-
-    def _connected(self, peer_id: str) -> bool:
-        if self._host is None:
-            return False
-        try:
-            from libp2p.peer.id import ID
-
-            conns = self._host.get_network().get_connections(ID.from_base58(peer_id))
-        except Exception:
-            return False
-        return any(not getattr(c, "is_closed", False) for c in conns)
-
-    async def _open(self, peer_id: str, addrs: Sequence[str], protocol: str) -> Any:
-        from libp2p.peer.id import ID
-
-        await self._ensure_admitted(peer_id, addrs)
-        with trio.fail_after(self.timeouts.open_stream):
-            return await self._host.new_stream(ID.from_base58(peer_id), [protocol])
-
-    async def _ensure_admitted(self, peer_id: str, addrs: Sequence[str]) -> None:
-        if peer_id in self._admitted and self._connected(peer_id):
-            return
-        pending = self._admitting.get(peer_id)
-        if pending is not None:
-            await pending.wait()
-            if peer_id in self._admitted:
-                return
-            raise P2PError(f"admission of {peer_id} failed")
-        ev = self._admitting[peer_id] = trio.Event()
-        try:
-            if not self._connected(peer_id):
-                await self._dial(peer_id, addrs)
-            if peer_id in self._admitted:
-                return
-            await self._initiate(peer_id)
-        finally:
-            ev.set()
-            if self._admitting.get(peer_id) is ev:
-                del self._admitting[peer_id]
-
-    async def _dial(self, peer_id: str, addrs: Sequence[str]) -> None:
-        from libp2p.peer.id import ID
-
-        host = self._host
-        pid = ID.from_base58(peer_id)
-        swarm = host.get_network()
-        targets = _dialable(addrs)
-        if targets:
-            swarm.peerstore.add_addrs(pid, targets, ADDR_TTL)
-        else:
-            try:
-                targets = _dialable([str(a) for a in swarm.peerstore.addrs(pid)])
-            except Exception:
-                targets = []
-        if not targets:
-            raise P2PError(f"no known address for {peer_id}")
-        last: Exception | None = None
-        for ma in targets[:4]:
-            self.stats["dials"] += 1
-            try:
-                with trio.fail_after(self.timeouts.dial):
-                    await swarm.dial_addr(ma, pid)
-                return
-            except Exception as exc:
-                last = exc
-        self.stats["dial_failures"] += 1
-        raise P2PError(f"cannot reach {peer_id}: {last}")
-
-    async def _initiate(self, peer_id: str) -> None:
-        from libp2p.peer.id import ID
-
-        stream: Any = None
-        ini = admission.Initiator(self.secret, self.peer_id, peer_id, secrets.token_bytes(32))
-        try:
-            with trio.fail_after(self.timeouts.admission):
-                stream = await self._host.new_stream(ID.from_base58(peer_id), [ADMIT_PROTOCOL])
-                reader = FrameReader(stream, admission.MAX_MESSAGE, idle=math.inf,
-                                     frame=self.timeouts.admission)
-                await stream.write(encode_frame(ini.hello()))
-                proof = ini.on_challenge(await reader.read_frame())
-                await stream.write(encode_frame(proof))
-                ini.on_result(await reader.read_frame())
-        except Exception as exc:
-            self._admission_failed(peer_id, exc, "initiator")
-            if stream is not None:
-                await self._reset(stream)
-            await self._close_peer(peer_id)
-            raise P2PError(f"admission to {peer_id} failed: {exc}") from None
-        self._admit(peer_id)
-        with trio.move_on_after(1.0):
-            try:
-                await stream.close()
-            except Exception:
-                pass
-
-    def _admit(self, peer_id: str) -> None:
-        new = peer_id not in self._admitted
-        self._admitted.add(peer_id)
-        self.stats["admission_ok"] += 1
-        st = self._peers.get(peer_id)
-        if st is not None:
-            st.retry_at = 0.0
-            st.backoff = 0.0
-        if new:
-            log.debug("p2p peer admitted", extra={"fields": {"peer": peer_id[-8:]}})
-            if self.on_admitted is not None:
-                try:
-                    self.on_admitted(peer_id, self._known_addrs(peer_id))
-                except Exception:
-                    log.exception("on_admitted callback failed")
-
-    def _known_addrs(self, peer_id: str) -> tuple[str, ...]:
-        try:
-            from libp2p.peer.id import ID
-
-            raw = self._host.get_network().peerstore.addrs(ID.from_base58(peer_id))
-        except Exception:
-            return ()
-        return self._with_id([str(a) for a in raw], peer_id)
-
-    def _admission_failed(self, peer_id: str, exc: BaseException, role: str) -> None:
-        self.stats["admission_failed"] += 1
-        now = trio.current_time()
-        if now - self._warned.get(peer_id, -math.inf) >= WARN_EVERY:
-            if len(self._warned) > MAX_PEERS:
-                self._warned.clear()
-            self._warned[peer_id] = now
-            reason = exc.reason if isinstance(exc, admission.AdmissionError) else type(exc).__name__
-            log.warning("p2p admission failed",
-                        extra={"fields": {"peer": peer_id, "role": role, "reason": reason,
-                                          "detail": str(exc)}})
-
-    async def _handle_admit(self, stream: Any) -> None:
-        try:
-            peer_id = _pid_of(stream)
-        except Exception:
-            await self._reset(stream)
-            return
-        resp = admission.Responder(self.secret, self.peer_id, peer_id, secrets.token_bytes(32))
-        reader = FrameReader(stream, admission.MAX_MESSAGE, idle=math.inf,
-                             frame=self.timeouts.admission)
-        try:
-            with trio.fail_after(self.timeouts.admission):
-                chal = resp.on_hello(await reader.read_frame())
-                await stream.write(encode_frame(chal))
-                ok = resp.on_proof(await reader.read_frame())
-                self._admit(peer_id)
-                await stream.write(encode_frame(ok))
-                await stream.close()
-        except admission.AdmissionError as exc:
-            self._admission_failed(peer_id, exc, "responder")
-            if exc.reply is not None:
-                with trio.move_on_after(1.0):
-                    try:
-                        await stream.write(encode_frame(exc.reply))
-                        await stream.close()
-                    except Exception:
-                        pass
-                await trio.sleep(0.05)  # let the reason reach the peer before the close
-            await self._reset(stream)
-            await self._close_peer(peer_id)
-        except Exception as exc:
-            if not resp.admitted:
-                self._admission_failed(peer_id, exc, "responder")
-                await self._reset(stream)
-                await self._close_peer(peer_id)
-
-    # -- inbound -------------------------------------------------------------------------
-
-    async def _admitted_peer(self, stream: Any) -> str | None:
-        """The admitted peer behind an inbound stream; else reset it (counted) and None."""
-        try:
-            peer_id = _pid_of(stream)
-        except Exception:
-            await self._reset(stream)
-            return None
-        if peer_id not in self._admitted:
-            self.stats["dropped_unadmitted"] += 1
-            await self._reset(stream)
-            return None
-        return peer_id
-
-    def _gate(self, builtin: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
-        """A libp2p built-in handler that resets streams from unadmitted peers."""
-        async def gated(stream: Any) -> None:
-            if await self._admitted_peer(stream) is not None:
-                await builtin(stream)
-
-        return gated
-
-    def _wrap(self, handler: Handler) -> Callable[[Any], Awaitable[None]]:
-        async def wrapped(stream: Any) -> None:
-            peer_id = await self._admitted_peer(stream)
-            if peer_id is None:
-                return
-            try:
-                await handler(peer_id, stream)
-            except Exception:
-                self.stats["handler_errors"] += 1
-                log.exception("p2p stream handler failed")
-                await self._reset(stream)
-
-        return wrapped
-
     async def _handle_swim(self, stream: Any) -> None:
         peer_id = await self._admitted_peer(stream)
         if peer_id is None:
@@ -811,8 +352,6 @@ class P2PNode:
             else:
                 await self._reset(stream)
 
-    # -- connection events ------------------------------------------------------------------
-
     def _on_connected(self, conn: Any) -> None:
         try:
             peer_id = str(conn.muxed_conn.peer_id)
@@ -846,31 +385,3 @@ class P2PNode:
             stream, st.stream = st.stream, None
             if self._nursery is not None:
                 self._nursery.start_soon(self._reset, stream)
-
-    async def _watch_unadmitted(self, peer_id: str) -> None:
-        await trio.sleep(self.timeouts.unadmitted_conn)
-        if peer_id not in self._admitted and peer_id not in self._admitting \
-                and self._connected(peer_id):
-            self.stats["conns_closed_unadmitted"] += 1
-            await self._close_peer(peer_id)
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    async def _reset(self, stream: Any) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-            try:
-                await stream.reset()
-            except Exception:
-                pass
-
-    async def _close_peer(self, peer_id: str) -> None:
-        host = self._host
-        if host is None:
-            return
-        with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-            try:
-                from libp2p.peer.id import ID
-
-                await host.disconnect(ID.from_base58(peer_id))
-            except Exception:
-                log.debug("p2p disconnect failed", exc_info=True)

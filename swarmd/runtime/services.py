@@ -3,102 +3,101 @@
 Wiring only: the engine manager feeds the node's gossiped record; the API
 reads the snapshot, calls local engines directly and forwards to peers over
 ``/swarmd/forward/1.0.0`` through the bridge; the control server answers
-``swarmctl`` from the snapshot.
+``swarmctl`` from the snapshot (:mod:`swarmd.core.views`).
+
+The services never see the node: the composition root
+(:mod:`swarmd.runtime.assembly`) hands them :class:`NodePorts`, the few
+things they may use -- the snapshot reader (no crossing), two trio-side
+calls that always go through the bridge, the trio-side stream opener used by
+the forward client, and the swarm secret for join lines.  What the trio side
+needs back (the forward server) is returned in :class:`Started`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
 from swarmd.api.app import ApiDeps, ApiServer
+from swarmd.config import Config
 from swarmd.control.server import start_control_server
+from swarmd.core.snapshot import Snapshot
+from swarmd.core.views import ModelsDoc, StatusDoc, models_view, status_view
 from swarmd.engines.manager import EngineManager
 from swarmd.join_token import encode_join_token
 from swarmd.metrics import SwarmCollector, new_registry
+from swarmd.models.service import ModelService
 from swarmd.runtime.bridge import Bridge
 from swarmd.runtime.forward import (
     BridgedForwarder,
     ForwardClient,
     ForwardServer,
     ForwardTimeouts,
+    StreamOpener,
 )
-
-if TYPE_CHECKING:
-    from swarmd.config import Config
-    from swarmd.runtime.node import Node
 
 log = logging.getLogger("swarmd.services")
 
 
-class _Opener:
-    """P2PNode.open_stream, with peer addresses taken from the snapshot."""
+@dataclass(frozen=True)
+class NodePorts:
+    """What the asyncio side may use of the trio side (built by the composition root)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    #: The latest snapshot; safe from any thread, no crossing.
+    snapshot: Callable[[], Snapshot]
+    #: Trio-thread call: merge keys into this node's gossiped record.
+    update_record: Callable[[Mapping[str, Any]], None]
+    #: Trio-thread call: leave the swarm and stop.
+    request_stop: Callable[[], None]
+    #: Trio-side stream opener (the forward client runs in trio).
+    opener: StreamOpener
+    #: The swarm secret, for join lines.
+    secret: bytes
 
-    async def open_stream(self, peer_id: str, protocol: str) -> Any:
-        addrs: tuple[str, ...] = ()
-        for n in self.node.box.get().nodes:
-            if n.node_id == peer_id:
-                addrs = n.addrs
-                break
-        return await self.node.p2p.open_stream(peer_id, protocol, addrs)
+
+@dataclass
+class Started:
+    """What :func:`start_services` hands back: cleanups (in start order) and the
+    trio-side forward server the composition root serves the protocol with."""
+
+    cleanups: list[Callable[[], Any]] = field(default_factory=list)
+    forward_server: ForwardServer | None = None
 
 
 class ControlProviderImpl:
     """What ``swarmctl`` sees: built from the snapshot, no thread crossing."""
 
-    def __init__(self, node: Node, engines: EngineManager) -> None:
-        self.node = node
-        self.engines = engines
+    def __init__(self, ports: NodePorts, bridge: Bridge) -> None:
+        self.ports = ports
+        self.bridge = bridge
+        self.model_service: ModelService | None = None
 
-    def status(self) -> dict[str, Any]:
-        return self.node.box.get().status_doc()
+    def status(self) -> StatusDoc:
+        return status_view(self.ports.snapshot())
 
     async def leave(self) -> None:
-        self.node.request_stop()
+        self.bridge.call_trio_soon(self.ports.request_stop)
 
     def join_line(self) -> str:
-        snap = self.node.box.get()
+        snap = self.ports.snapshot()
         seeds = [a for a in snap.addrs if "/127." not in a and "/::1/" not in a] or list(snap.addrs)
-        return "swarmd --join " + encode_join_token(self.node.secret, seeds)
+        return "swarmd --join " + encode_join_token(self.ports.secret, seeds)
 
-    def models(self) -> dict[str, Any]:
-        snap = self.node.box.get()
-        table: dict[str, dict[str, Any]] = {}
-        for n in snap.nodes:
-            if n.state != "alive":
-                continue
-            for eng in n.record.get("engines") or []:
-                for model in eng.get("models") or []:
-                    row = table.setdefault(model, {"id": model, "nodes": [], "engines": []})
-                    if n.name not in row["nodes"]:
-                        row["nodes"].append(n.name)
-                    row["engines"].append(
-                        {
-                            "node_id": n.node_id,
-                            "node": n.name,
-                            "engine_id": eng.get("id"),
-                            "kind": eng.get("kind"),
-                            "healthy": bool(eng.get("healthy")),
-                            "load": eng.get("load") or {},
-                        }
-                    )
-        return {"models": [table[k] for k in sorted(table)]}
+    def models(self) -> ModelsDoc:
+        return models_view(self.ports.snapshot())
 
     async def drain(self, on: bool) -> None:
-        self.node.update_record({"draining": bool(on)})
+        self.bridge.call_trio_soon(self.ports.update_record, {"draining": bool(on)})
 
 
-async def start_services(
-    cfg: Config, node: Node, loop: asyncio.AbstractEventLoop
-) -> list[Callable[[], Any]]:
-    cleanups: list[Callable[[], Any]] = []
+async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Started:
+    started = Started()
+    cleanups = started.cleanups
     try:
         session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.api.connect_timeout),
@@ -111,28 +110,33 @@ async def start_services(
             detect=cfg.local_engines.detect,
             poll_interval=cfg.local_engines.poll_interval,
             session=session,
-            on_change=lambda rec: node.update_record({"engines": rec}),
+            on_change=lambda rec: bridge.call_trio_soon(ports.update_record, {"engines": rec}),
         )
         await engines.start()
         cleanups.append(engines.stop)
-        node.update_record({"engines": engines.record()})
+        bridge.call_trio_soon(ports.update_record, {"engines": engines.record()})
 
-        assert node.trio_token is not None
-        bridge = Bridge(node.trio_token, loop)
+        models = ModelService.from_config(
+            cfg,
+            in_use=lambda: {m for e in engines.engines() for m in e.models},
+            on_change=lambda inv: bridge.call_trio_soon(ports.update_record, {"models": inv}),
+        )
+        bridge.call_trio_soon(ports.update_record, {"models": models.inventory()})
+
         timeouts = ForwardTimeouts(
             open=cfg.api.connect_timeout,
             first_byte=cfg.api.first_byte_timeout,
             idle=cfg.api.idle_timeout,
             total=cfg.api.request_timeout,
         )
-        client = ForwardClient(_Opener(node), timeouts)
-        collector = SwarmCollector(node.box.get, engines=engines.engines)
+        client = ForwardClient(ports.opener, timeouts)
+        collector = SwarmCollector(ports.snapshot, engines=engines.engines)
         registry, request_metrics = new_registry(collector)
         api = ApiServer(
             ApiDeps(
                 api=cfg.api,
                 routing=cfg.routing,
-                snapshot=node.box.get,
+                snapshot=ports.snapshot,
                 local=engines,
                 remote=BridgedForwarder(bridge, client),
                 session=session,
@@ -143,8 +147,11 @@ async def start_services(
         await api.start()
         cleanups.append(api.stop)
         server = ForwardServer(bridge, api.proxy.open_local, timeouts)
-        node.forward_server = server
+        started.forward_server = server
         proxy = api.proxy
+        # Queue depths ride in the record as load (coalesced by the proxy).
+        proxy.on_queue_depths = lambda depths: bridge.call_trio_soon(
+            ports.update_record, {"queued": depths})
         collector.counters.update({
             "api_errors_": lambda: dict(proxy.stats.errors),
             "api_": lambda: {"retries": proxy.stats.retries},
@@ -153,9 +160,9 @@ async def start_services(
             "forward_server_": lambda: dict(server.stats),
         })
 
-        control = await start_control_server(
-            cfg.control.socket, ControlProviderImpl(node, engines), registry
-        )
+        provider = ControlProviderImpl(ports, bridge)
+        provider.model_service = models  # the control API's /v1/store routes
+        control = await start_control_server(cfg.control.socket, provider, registry)
         cleanups.append(control.stop)
     except BaseException:
         for c in reversed(cleanups):
@@ -166,4 +173,4 @@ async def start_services(
             except Exception:
                 log.exception("cleanup after failed start")
         raise
-    return cleanups
+    return started

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from swarmd.control.server import ControlServer, start_control_server
-from swarmd.runtime.snapshot import NodeInfo, Snapshot
+from swarmd.core.record import self_record
+from swarmd.core.snapshot import NodeInfo, Snapshot
+from swarmd.core.views import ModelsDoc, StatusDoc, models_view, status_view
 
 ALPHA = "12D3KooWAlphaAlphaAlpha1111"
 BETA = "12D3KooWBetaBetaBetaBeta2222"
@@ -33,15 +35,14 @@ def _node(node_id: str, name: str, *, is_self: bool = False, state: str = "alive
           engines: list[dict[str, Any]] | None = None, caps: dict[str, Any] | None = None
           ) -> NodeInfo:
     record = {
-        "name": name,
-        "caps": caps if caps is not None else _CAPS,
+        **self_record(name=name, addrs=[f"/ip4/10.0.0.1/tcp/4001/p2p/{node_id}"],
+                      started=1700000000.0, api="127.0.0.1:8080",
+                      caps=caps if caps is not None else _CAPS),
         "load": {"cpu_percent": 12.5, "load_avg": [0.5, 0.4, 0.3], "memory_used": 1,
                  "memory_available": 2, "gpus": [{"index": 0, "utilization": 40.0,
                                                   "memory_used": 1, "temperature": 50.0,
                                                   "power_w": 200.0}]},
         "engines": engines or [],
-        "api": "127.0.0.1:8080",
-        "draining": False,
     }
     return NodeInfo(node_id=node_id, name=name, state=state,
                     addrs=(f"/ip4/10.0.0.1/tcp/4001/p2p/{node_id}",),
@@ -77,9 +78,9 @@ class FakeProvider:
         if self.fail:
             raise RuntimeError(self.fail)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusDoc:
         self._check()
-        return self.snapshot.status_doc()
+        return status_view(self.snapshot)
 
     async def leave(self) -> None:
         self._check()
@@ -93,11 +94,9 @@ class FakeProvider:
         self._check()
         return "swarmd --join swarmd1:AAAA"
 
-    def models(self) -> dict[str, Any]:
+    def models(self) -> ModelsDoc:
         self._check()
-        return {"models": [{"id": "llama-3-8b", "nodes": ["alpha"], "engines": [
-            {"node_id": ALPHA, "node": "alpha", "engine_id": "llamacpp-1", "kind": "llamacpp",
-             "healthy": True}]}]}
+        return models_view(self.snapshot)
 
     async def drain(self, on: bool) -> None:
         self._check()

@@ -11,6 +11,8 @@ body) and answers according to ``mode`` (or the next entry of ``script``):
 - ``hang``: never answer (until the client gives up).
 - ``midfail``: start an SSE stream, send two chunks, then close the connection.
 - ``slow``: SSE with a pause of ``delay`` between chunks.
+- ``traceback500``: a plain-text 500 carrying an engine-internal path.
+- ``detail422``: a FastAPI-style ``{"detail": ...}`` 422 (not OpenAI's shape).
 
 :class:`StubEngines` implements the API's ``LocalEngines`` protocol over
 stubs, keyed by engine id, and counts in-flight requests.
@@ -106,6 +108,12 @@ class StubEngine:
 
     async def _answer(self, request: web.Request, mode: str,
                       body: dict[str, Any]) -> web.StreamResponse:
+        if mode == "traceback500":
+            return web.Response(status=500, content_type="text/plain",
+                                text="Traceback (most recent call last):\n  File "
+                                     "\"/opt/engine/site-packages/llama_cpp/llama.py\"")
+        if mode == "detail422":
+            return web.json_response({"detail": "field required: messages.0.role"}, status=422)
         if mode.startswith("status:"):
             status = int(mode.split(":")[1])
             hdrs = {"Retry-After": "2"} if status in (429, 503) else {}
@@ -170,6 +178,11 @@ class StubEngines:
         self.by_id = {e.engine_id: e for e in engines}
         self.inflight_now: dict[str, int] = {}
         self.inflight_max: dict[str, int] = {}
+        self.results: list[tuple[str, bool]] = []
+        #: engine id -> capacity (gossiped, and the node's gate); default 4 gossiped, no gate
+        self.capacities: dict[str, int] = {}
+        #: engine id -> capabilities to gossip (absent: not said)
+        self.capabilities: dict[str, list[str]] = {}
 
     def request(self, engine_id: str, route: str, body: bytes,
                 headers: Mapping[str, str]) -> _Req:
@@ -189,11 +202,28 @@ class StubEngines:
     def current_load(self, engine_id: str) -> EngineLoad | None:
         if engine_id not in self.by_id:
             return None
-        return EngineLoad(running=self.inflight_now.get(engine_id, 0), waiting=0, capacity=4)
+        return EngineLoad(running=self.inflight_now.get(engine_id, 0), waiting=0,
+                          capacity=self.capacities.get(engine_id, 4))
+
+    def capacity(self, engine_id: str) -> int | None:
+        return self.capacities.get(engine_id)  # None: any number at once (no gate)
+
+    async def count_tokens(self, engine_id: str, model: str, text: str) -> int | None:
+        return None
+
+    def note_result(self, engine_id: str, ok: bool) -> None:
+        self.results.append((engine_id, ok))
 
     def records(self, healthy: bool = True) -> list[dict[str, Any]]:
-        """The RECORDS.md ``engines`` entries of these stubs."""
-        return [{"id": e.engine_id, "kind": "simulated", "healthy": healthy,
-                 "models": [e.model],
-                 "load": {"running": 0, "waiting": 0, "kv_cache": None, "capacity": 4}}
-                for e in self.by_id.values()]
+        """The record's ``engines`` entries (protocol/records.md) of these stubs."""
+        out: list[dict[str, Any]] = []
+        for e in self.by_id.values():
+            rec: dict[str, Any] = {
+                "id": e.engine_id, "kind": "simulated", "healthy": healthy,
+                "models": [e.model],
+                "load": {"running": 0, "waiting": 0, "kv_cache": None,
+                         "capacity": self.capacities.get(e.engine_id, 4)}}
+            if e.engine_id in self.capabilities:
+                rec["capabilities"] = self.capabilities[e.engine_id]
+            out.append(rec)
+        return out

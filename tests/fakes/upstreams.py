@@ -31,6 +31,7 @@ answers the OpenAI POST routes with a small JSON echo of what it received.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,8 @@ class FakeUpstream:
     name: str
     state: dict[str, Any] = field(default_factory=dict)
     healthy: bool = True
+    #: Seconds every GET (the manager's polls) waits before answering.
+    stall: float = 0.0
     server_header: str | None = None
     seen: list[SeenRequest] = field(default_factory=list)
     url: str = ""
@@ -72,6 +75,8 @@ class FakeUpstream:
         body = await request.read()
         self.seen.append(SeenRequest(request.method, request.path_qs,
                                      {k.lower(): v for k, v in request.headers.items()}, body))
+        if request.method == "GET" and self.stall:
+            await asyncio.sleep(self.stall)  # busy: polls answer late
         resp: web.StreamResponse = await handler(request)
         return resp
 

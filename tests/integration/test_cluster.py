@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.daemon import Daemon, wait_for
+from swarmd.testing.daemon import Daemon, wait_for
 
 pytestmark = pytest.mark.integration
 

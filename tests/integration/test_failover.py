@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.daemon import VENV_BIN, Daemon, free_port, wait_for
+from swarmd.testing.daemon import VENV_BIN, Daemon, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.daemon import Daemon, wait_for
+from swarmd.testing.daemon import Daemon, wait_for
 from tests.fakes.llama_server import LlamaServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.llama]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import netns
-from tests.fakes.daemon import Daemon, wait_for
+from swarmd.testing import netns
+from swarmd.testing.daemon import Daemon, wait_for
 
 ok, why = netns.available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(not ok, reason=why)]

@@ -23,9 +23,9 @@ from swarmd.runtime.forward import (
     ForwardServer,
     ForwardTimeouts,
 )
-from tests.fakes.loops import AsyncioThread, in_asyncio, run_with_bridge
+from swarmd.testing.loops import AsyncioThread, in_asyncio, run_with_bridge
+from swarmd.testing.streams import MemOpener, stream_pair
 from tests.fakes.openai_stub import StubEngine, StubEngines, sse_bytes
-from tests.fakes.streams import MemOpener, stream_pair
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -350,7 +350,7 @@ def test_api_routes_to_remote_node_and_retries_elsewhere() -> None:
     from swarmd.api.app import ApiDeps, ApiServer
     from swarmd.config import ApiSection, RoutingSection
     from swarmd.core.routing import Router
-    from tests.fakes.swarm_snapshot import node, snapshot
+    from swarmd.testing.swarm_snapshot import node, snapshot
 
     async def main(bridge: Bridge, aio: AsyncioThread) -> None:
         async with rig(bridge, aio) as r:

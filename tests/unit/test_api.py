@@ -15,9 +15,9 @@ import pytest
 from swarmd.api.app import ApiDeps, ApiServer
 from swarmd.config import ApiSection, RoutingSection
 from swarmd.core.routing import Router
-from swarmd.runtime.snapshot import Snapshot
+from swarmd.core.snapshot import Snapshot
+from swarmd.testing.swarm_snapshot import snapshot
 from tests.fakes.openai_stub import SSE_CHUNKS, StubEngine, StubEngines, sse_bytes
-from tests.fakes.swarm_snapshot import snapshot
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -50,12 +50,13 @@ class Env:
 async def env(n: int = 1, *, api: ApiSection | None = None,
               aliases: dict[str, str] | None = None,
               snap: Callable[[StubEngines], Snapshot] | None = None,
-              seed: int = 1) -> AsyncIterator[Env]:
+              seed: int = 1, queue_timeout: float = 120.0) -> AsyncIterator[Env]:
     stubs = [await StubEngine(f"e{i}").start() for i in range(n)]
     engines = StubEngines(stubs)
     snapshot_now = snap(engines) if snap else snapshot(engines.records())
     deps = ApiDeps(api=api or ApiSection(listen="127.0.0.1:0"),
-                   routing=RoutingSection(aliases=aliases or {}),
+                   routing=RoutingSection(aliases=aliases or {},
+                                          queue_timeout=queue_timeout),
                    snapshot=lambda: snapshot_now, local=engines,
                    router=Router(rng=random.Random(seed)))
     server = ApiServer(deps)
@@ -213,7 +214,7 @@ def test_failing_first_candidate_is_retried_on_another() -> None:
 @pytest.mark.parametrize(
     ("mode", "status", "code", "retry_after"),
     [
-        ("status:429", 429, "engines_saturated", "2"),
+        ("status:429", 429, "queue_timeout", "5"),
         ("status:503", 503, "no_healthy_engine", "2"),
         ("drop", 502, "upstream_error", None),
         ("hang", 504, "upstream_timeout", None),
@@ -224,7 +225,9 @@ def test_every_candidate_failing(mode: str, status: int, code: str,
                                  retry_after: str | None) -> None:
     async def go() -> None:
         api = ApiSection(listen="127.0.0.1:0", first_byte_timeout=0.3, idle_timeout=0.3)
-        async with env(2, api=api) as e:
+        # Engines that all answer 429 are full: the request queues (here
+        # for 0.5 s), trying none again before their Retry-After (2 s).
+        async with env(2, api=api, queue_timeout=0.5) as e:
             for s in e.stubs:
                 s.mode = mode
             st, doc, hdrs = await e.post("/v1/chat/completions", {**CHAT, "stream": True})
@@ -233,9 +236,9 @@ def test_every_candidate_failing(mode: str, status: int, code: str,
             assert err["code"] == code
             assert hdrs.get("Retry-After") == retry_after
             assert sum(len(s.seen) for s in e.stubs) == 2  # both tried
-            if mode == "status:429":  # now known saturated: refused without a try
+            if mode == "status:429":  # now known saturated: queued without a try
                 st, doc, hdrs = await e.post("/v1/chat/completions", CHAT)
-                assert st == 429 and hdrs["Retry-After"] in ("1", "2")
+                assert st == 429 and err_of(doc)["code"] == "queue_timeout"
                 assert sum(len(s.seen) for s in e.stubs) == 2
 
     run(go)
@@ -328,7 +331,7 @@ def _targets(e: Env) -> Sequence[Any]:
 
 
 def test_models_listing_union_and_aliases() -> None:
-    from tests.fakes.swarm_snapshot import node
+    from swarmd.testing.swarm_snapshot import node
 
     other = node("12D3KooWOther", [
         {"id": "llamacpp-8080", "kind": "llamacpp", "healthy": True, "models": ["tiny", "big"]},
@@ -350,7 +353,9 @@ def test_models_listing_union_and_aliases() -> None:
             assert tiny["object"] == "model" and tiny["owned_by"] == "swarmd"
             assert tiny["swarmd"]["nodes"] == sorted(["12D3KooWOther", "12D3KooWSelf"])
             assert {"node_id": "12D3KooWOther", "engine_id": "llamacpp-8080",
-                    "kind": "llamacpp"} in tiny["swarmd"]["engines"]
+                    "kind": "llamacpp", "capabilities": ["chat", "completions", "embeddings"],
+                    } in tiny["swarmd"]["engines"]
+            assert tiny["swarmd"]["capabilities"] == ["chat", "completions", "embeddings"]
             assert doc["data"][1]["swarmd"]["alias_of"] == "tiny"
             async with e.http.get(e.base + "/v1/models/big") as r:
                 assert (await r.json())["id"] == "big"

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from swarmd.runtime.bridge import Bridge, ChannelClosed
-from tests.fakes.loops import AsyncioThread, in_asyncio, run_with_bridge
+from swarmd.testing.loops import AsyncioThread, in_asyncio, run_with_bridge
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from swarmd.api.catalog import candidates, known_model
-from tests.fakes.swarm_snapshot import node, snapshot
+from swarmd.testing.swarm_snapshot import node, snapshot
 
 
 def _eng(eid: str, model: str) -> dict[str, object]:

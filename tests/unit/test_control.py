@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from swarmd.config import ConfigError
 from swarmd.control.client import ControlClient, ControlError
+from swarmd.core.views import status_view
 from tests.fakes.control import ALPHA, FakeProvider, ServerThread
 
 
@@ -39,7 +40,7 @@ def served(sock_dir: Path) -> Iterator[tuple[ControlClient, FakeProvider, Path]]
 def test_status_round_trip_is_the_snapshot_document(served: tuple) -> None:
     client, provider, _ = served
     doc = client.status()
-    assert doc == provider.snapshot.status_doc()
+    assert doc == status_view(provider.snapshot)
     assert doc["node_id"] == ALPHA and doc["coordinator"]["epoch"] == 7
     assert [n["name"] for n in client.nodes()["nodes"]] == ["alpha", "beta", "gamma"]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from swarmd.core.views import status_view
 from swarmd.ctl import main as ctl_main
 from swarmd.ctl.output import human_age, human_bytes, short_id
 from tests.fakes.control import ALPHA, FakeProvider, ServerThread
@@ -46,7 +47,7 @@ def test_status_json_is_exactly_the_document(served: tuple) -> None:
     path, provider = served
     r = swarmctl("--socket", str(path), "status", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == provider.snapshot.status_doc()
+    assert json.loads(r.stdout) == status_view(provider.snapshot)
 
 
 def test_json_flag_before_command(served: tuple) -> None:

@@ -107,6 +107,8 @@ def test_one_bad_answer_does_not_flap_health() -> None:
             assert not m.get(eid).healthy
             v.healthy = True
             await m.poll_once(force=True)
+            assert not m.get(eid).healthy  # damped: one good poll is not enough
+            await m.poll_once(force=True)
             assert m.get(eid).healthy
 
     run(t)
@@ -234,5 +236,82 @@ def test_current_load_corrects_the_polled_load_with_fresh_inflight() -> None:
                 cur = m.current_load(eid)
                 assert cur is not None and cur.running == 5
             assert m.current_load("nope") is None
+
+    run(t)
+
+
+def test_busy_is_not_down_but_idle_silence_is() -> None:
+    """A poll that times out while requests run on the engine means busy:
+    health, load and capacity stay.  The same silence while idle is down."""
+    async def t(http: aiohttp.ClientSession) -> None:
+        async with fake_vllm() as v:
+            m = manager(http, [EngineSpec(kind="vllm", url=v.url, capacity=2)],
+                        fail_threshold=2, poll_timeout=0.2)
+            await m.poll_once(force=True)
+            eid = f"vllm-{v.port}"
+            v.state.update(running=0, waiting=0)
+            await m.poll_once(force=True)
+            assert m.get(eid).healthy
+            v.stall = 1.0
+            with m.inflight(eid):
+                for _ in range(4):
+                    await m.poll_once(force=True)
+                    st = m.get(eid)
+                    assert st.healthy and st.busy and st.load.capacity == 2
+            for _ in range(2):
+                await m.poll_once(force=True)
+            assert not m.get(eid).healthy  # idle and silent: down
+            v.stall = 0.0
+            await m.poll_once(force=True)
+            await m.poll_once(force=True)
+            assert m.get(eid).healthy
+
+    run(t)
+
+
+def test_engine_that_reports_running_requests_is_busy_too() -> None:
+    async def t(http: aiohttp.ClientSession) -> None:
+        async with fake_vllm(running=2, waiting=0) as v:
+            m = manager(http, [EngineSpec(kind="vllm", url=v.url)], poll_timeout=0.2)
+            await m.poll_once(force=True)
+            eid = f"vllm-{v.port}"
+            assert m.get(eid).load.running == 2
+            v.stall = 1.0  # other clients keep it busy: not ours, still busy
+            for _ in range(3):
+                await m.poll_once(force=True)
+            assert m.get(eid).healthy and m.get(eid).busy
+
+    run(t)
+
+
+def test_failed_requests_and_a_failed_poll_take_an_engine_down() -> None:
+    async def t(http: aiohttp.ClientSession) -> None:
+        async with fake_vllm(running=0, waiting=0) as v:
+            changes = Changes()
+            m = manager(http, [EngineSpec(kind="vllm", url=v.url)], fail_threshold=2,
+                        on_change=changes)
+            await m.poll_once(force=True)
+            eid = f"vllm-{v.port}"
+            m.note_result(eid, False)
+            m.note_result(eid, False)
+            assert m.get(eid).healthy  # polls still fine: requests alone do not decide
+            v.healthy = False
+            await m.poll_once(force=True)  # one failed poll
+            m.note_result(eid, False)
+            assert not m.get(eid).healthy
+            assert changes.seen[-1][0]["healthy"] is False
+
+    run(t)
+
+
+def test_configured_capabilities_are_gossiped() -> None:
+    async def t(http: aiohttp.ClientSession) -> None:
+        async with fake_vllm() as v:
+            m = manager(http, [EngineSpec(kind="vllm", url=v.url,
+                                          capabilities=("embeddings",))])
+            await m.poll_once(force=True)
+            rec = m.record()[0]
+            assert rec["capabilities"] == ["embeddings"]
+            assert "model_capabilities" not in rec
 
     run(t)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from swarmd.core.addrs import parse_seed
 from swarmd.identity import Identity
-from swarmd.runtime.p2p_addrs import expand_listen_addr, parse_seed
+from swarmd.runtime.p2p_addrs import expand_listen_addr
 
 PID = Identity.from_private_bytes(b"\x01" * 32).peer_id
 

@@ -23,7 +23,7 @@ def test_libp2p_import_leaves_deferred_modules_unloaded() -> None:
         import sys
         from swarmd.runtime import lean_imports
         lean_imports.install()
-        import libp2p, swarmd.runtime.node
+        import libp2p, swarmd.runtime.assembly
         import requests  # a second import must not load it (LazyLoader would)
         print(sorted(m for m in ("urllib3", "rich", "click", "pygments", *lean_imports.DEFERRED)
                      if type(sys.modules.get(m)).__name__ == "module"))

@@ -13,7 +13,7 @@ from swarmd.core.lease import (
     encode_claim,
 )
 from swarmd.core.membership import PROFILES, MemberState
-from tests.fakes.simnet import SimNet
+from swarmd.testing.simnet import SimNet
 
 CFG = PROFILES["local"]
 LC = LeaseConfig(duration=3.0, renew_deadline=2.0, retry_period=0.5)

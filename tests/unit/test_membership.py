@@ -18,7 +18,7 @@ from swarmd.core.membership import (
     Send,
     UserMessage,
 )
-from tests.fakes.simnet import SimNet
+from swarmd.testing.simnet import SimNet
 
 CFG = PROFILES["local"]
 

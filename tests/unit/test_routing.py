@@ -91,7 +91,9 @@ def test_p2c_beats_random_under_stale_load() -> None:
     Mitzenmacher, "How useful is old information?", 2000.)"""
     service = [1.0] * 8
     nodes = 10
-    routers = [Router(RouterConfig(), random.Random(i)) for i in range(nodes)]
+    # Engines here queue internally (no swarmd queue): allow 8 per slot.
+    routers = [Router(RouterConfig(max_queue_per_slot=8.0), random.Random(i))
+               for i in range(nodes)]
     gossip = [0] * 8  # outstanding per engine at the last refresh
     last_refresh = [0.0]
     outstanding = [0] * 8

@@ -1,9 +1,13 @@
-"""Simulated network + virtual clock driving sans-IO Membership (+ lease) nodes.
+"""Simulated network + virtual clock driving the daemon's sans-IO node machine.
 
 Theory of operation
 -------------------
+Each simulated node is a :class:`swarmd.core.node.NodeMachine`, the same
+object the daemon's trio shell (:mod:`swarmd.runtime.node`) drives, so the
+simulator runs the daemon's membership, lease and record wiring, not a copy
+of it (tests/unit/test_node_machine.py fails if the two stop sharing it).
 One event heap holds two kinds of events: frame deliveries and node wake-ups
-(at each node's ``next_deadline``, the minimum of its membership and lease
+(at each machine's ``next_deadline``, the minimum of its membership and lease
 deadlines).  :meth:`SimNet.run_until` pops events in time order, sets the
 virtual clock, and feeds the node: ``receive`` for a delivery, ``tick`` for a
 wake-up.  The actions a node drains are carried out at once: a ``Send``
@@ -24,7 +28,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from swarmd.core.lease import CoordinatorLease, LeaseConfig
-from swarmd.core.lease_gossip import deliver_claim, tick_lease
 from swarmd.core.membership import (
     MemberChanged,
     Membership,
@@ -33,28 +36,32 @@ from swarmd.core.membership import (
     Send,
     UserMessage,
 )
+from swarmd.core.node import NodeMachine
 
 _DELIVER = 0
 _WAKE = 1
 
 
 class SimNode:
-    def __init__(self, net: SimNet, node_id: str, membership: Membership,
-                 lease: CoordinatorLease | None) -> None:
+    def __init__(self, net: SimNet, node_id: str, machine: NodeMachine) -> None:
         self.net = net
         self.node_id = node_id
-        self.m = membership
-        self.lease = lease
+        self.machine = machine
         self.up = True
         self.sched = math.inf
         self.changes: list[MemberChanged] = []
         self.user: list[UserMessage] = []
 
+    @property
+    def m(self) -> Membership:
+        return self.machine.membership
+
+    @property
+    def lease(self) -> CoordinatorLease | None:
+        return self.machine.lease
+
     def deadline(self) -> float:
-        d = self.m.next_deadline()
-        if self.lease is not None:
-            d = min(d, self.lease.next_deadline())
-        return d
+        return self.machine.next_deadline()
 
     def state_of(self, other: str) -> MemberState | None:
         v = self.m.member(other)
@@ -88,11 +95,10 @@ class SimNet:
             lease: LeaseConfig | None = None, name: str | None = None,
             addr: str | None = None) -> SimNode:
         addr = addr or f"/sim/{node_id}"
-        m = Membership(node_id=node_id, name=name or node_id, addrs=[addr], config=config,
-                       now=self.now, rng=random.Random(self.rng.getrandbits(64)),
-                       record=record)
-        ls = CoordinatorLease(node_id, lease, self.now) if lease is not None else None
-        node = SimNode(self, node_id, m, ls)
+        machine = NodeMachine(node_id=node_id, name=name or node_id, addrs=[addr],
+                              membership=config, lease=lease, now=self.now,
+                              rng=random.Random(self.rng.getrandbits(64)), record=record)
+        node = SimNode(self, node_id, machine)
         self.nodes[node_id] = node
         self.addr_of[addr] = node_id
         self._after(node)
@@ -101,7 +107,7 @@ class SimNet:
     def join(self, node_id: str, seed: str, *, by_addr: bool = False) -> None:
         node = self.nodes[node_id]
         addrs = list(self.nodes[seed].m.member(seed).addrs)  # type: ignore[union-attr]
-        node.m.introduce(None if by_addr else seed, addrs, self.now)
+        node.machine.introduce(None if by_addr else seed, addrs, self.now)
         self._after(node)
 
     def kill(self, node_id: str) -> None:
@@ -111,7 +117,7 @@ class SimNet:
     def connection_lost(self, node_id: str, peer: str) -> None:
         """The transport tells ``node_id`` its connection to ``peer`` closed."""
         node = self.nodes[node_id]
-        node.m.hint_unreachable(peer, self.now)
+        node.machine.hint_unreachable(peer, self.now)
         self._after(node)
 
     def restart(self, node_id: str, config: MembershipConfig, *,
@@ -142,7 +148,7 @@ class SimNet:
 
     def _after(self, node: SimNode) -> None:
         """Carry out a node's actions and (re)schedule its wake-up."""
-        for a in node.m.drain():
+        for a in node.machine.drain():
             if isinstance(a, Send):
                 self._route(node.node_id, a)
             elif isinstance(a, MemberChanged):
@@ -153,8 +159,6 @@ class SimNet:
             elif isinstance(a, UserMessage):
                 if self.keep_changes:
                     node.user.append(a)
-                if node.lease is not None:
-                    deliver_claim(node.lease, a, self.now)
         if not node.up:
             return
         d = node.deadline()
@@ -181,9 +185,7 @@ class SimNet:
 
     def _wake(self, node: SimNode) -> None:
         node.sched = math.inf
-        node.m.tick(self.now)
-        if node.lease is not None:
-            tick_lease(node.lease, node.m, self.now)
+        node.machine.tick(self.now)
         self._after(node)
 
     def step(self) -> bool:
@@ -209,7 +211,7 @@ class SimNet:
             self.now = t
             self.events += 1
             self.delivered += 1
-            node.m.receive(src, payload, t)
+            node.machine.receive(src, payload, t)
             self._after(node)
             return True
         return False

@@ -1,0 +1,248 @@
+"""The configuration tree: every section and field, with its default, unit and why.
+
+:mod:`swarmd.config` loads a TOML file into these dataclasses (strictly:
+unknown keys and wrong types name the key and exit 2) and re-exports them;
+read a field's comment here for what it means.  The defaults that depend on
+the machine (data dir, control socket, node name) are the only environment
+reads, and happen only when a default is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# --------------------------------------------------------------------------
+# Defaults that depend on the machine (the only environment reads).
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def default_name() -> str:
+    """The node name when none is configured: the host name."""
+    return socket.gethostname().split(".")[0] or "swarmd"
+
+
+def default_data_dir() -> Path:
+    """Where the identity key, swarm secret and state live."""
+    if _is_root():
+        return Path("/var/lib/swarmd")
+    return Path.home() / ".local" / "share" / "swarmd"
+
+
+def default_control_socket() -> Path:
+    """The control socket that ``swarmctl`` uses when given no ``--socket``."""
+    if _is_root():
+        return Path("/run/swarmd/swarmd.sock")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "swarmd" / "swarmd.sock"
+    return Path.home() / ".local" / "state" / "swarmd" / "swarmd.sock"
+
+
+# --------------------------------------------------------------------------
+# The tree.  Every field says its unit and why it has its default.
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    #: Human-readable node name shown by ``swarmctl``; default the host name.
+    name: str = field(default_factory=default_name)
+    #: Directory for ``identity.key`` (Ed25519, mode 0600), ``swarm.secret``
+    #: and other state.  Created on start.
+    data_dir: Path = field(default_factory=default_data_dir)
+    #: Seconds a graceful stop (SIGTERM, ``swarmctl leave``) may take before
+    #: the process exits anyway, status 1, with a log line saying so.  Covers
+    #: the leave gossip (~1 s), closing listeners and engines' sessions (5 s
+    #: each at most); 10 s is under the shipped unit's TimeoutStopSec=15, so
+    #: the daemon, not systemd's SIGKILL, decides how it ends.
+    stop_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class P2PSection:
+    #: libp2p listen multiaddrs (TCP).  0.0.0.0 so other machines can reach
+    #: this one; admission (the swarm secret) keeps strangers out.
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4100",)
+    #: Peers to introduce ourselves to: ``/ip4/H/tcp/P/p2p/ID``,
+    #: ``/ip4/H/tcp/P`` or ``host:port``.  Re-dialled every
+    #: ``seed_retry_interval`` while they are not members.
+    seeds: tuple[str, ...] = ()
+    #: Find peers on the local link with mDNS (zeroconf).
+    mdns: bool = True
+    #: Network interface names mDNS binds to; empty = all.  zeroconf is more
+    #: reliable bound to one interface (python-zeroconf issue 54).
+    mdns_interfaces: tuple[str, ...] = ()
+    #: The swarm secret: 64 hex chars (32 bytes).  Only nodes that know it are
+    #: admitted.  Empty = read ``secret_file``, else ``data_dir/swarm.secret``
+    #: (generated on first start).
+    secret: str = ""
+    #: File holding the secret as 64 hex chars.
+    secret_file: str = ""
+    #: Seconds between re-dials of seeds that are not members yet.
+    seed_retry_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class MembershipSection:
+    #: Named timing profile: ``lan`` (memberlist LAN defaults), ``wan`` or
+    #: ``local`` (loopback tests).  See swarmd.core.membership.PROFILES.
+    profile: str = "lan"
+    #: Field overrides applied on top of the profile, e.g.
+    #: ``probe_interval = 0.5`` (units as in MembershipConfig's docs).
+    overrides: Mapping[str, float | int] = field(default_factory=dict)
+    #: Seconds between refreshes of this node's load in its gossiped record.
+    #: The gossip layer may stretch it on large swarms to hold its budget.
+    load_interval: float = 2.0
+    #: Seconds after which our load is gossiped even if no figure moved past
+    #: its tolerance (swarmd.core.load_change: 5 points of CPU or GPU %, 3 C,
+    #: 0.5 of load average, 5% of memory or power).  Between two such changes
+    #: an idle node sends no load updates, which keeps an idle swarm quiet;
+    #: a reader's view of a node's host load is never older than this.
+    load_heartbeat: float = 30.0
+
+
+@dataclass(frozen=True)
+class LeaseSection:
+    #: Seconds a coordinator lease lasts without renewal (client-go: 15 s).
+    duration: float = 15.0
+    #: Seconds within which a holder must renew or step down (< duration).
+    renew_deadline: float = 10.0
+    #: Seconds between renewals and acquisition attempts (< renew_deadline).
+    retry_period: float = 2.0
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    #: host:port of the OpenAI-compatible HTTP port.  Loopback by default:
+    #: opening it to the network is a deliberate choice.
+    listen: str = "127.0.0.1:4180"
+    #: Largest request body accepted, bytes (413 above it).
+    max_body_bytes: int = 8 * 1024 * 1024
+    #: Seconds to connect to an engine or open a stream to a peer (502 after).
+    connect_timeout: float = 5.0
+    #: Seconds to wait for the first byte of an answer (504 after).  Long,
+    #: since a cold engine may load a model first.
+    first_byte_timeout: float = 300.0
+    #: Seconds between two chunks of a streaming answer before giving up.
+    idle_timeout: float = 120.0
+    #: Seconds a whole request may take (504 after).
+    request_timeout: float = 1800.0
+    #: host:port of a second listener serving only Ollama's native API
+    #: (``/api/*``, ``GET /``), for Ollama clients that assume port 11434
+    #: (e.g. ``127.0.0.1:11434``).  The API port serves those routes too.
+    #: Empty = off, the default: a local Ollama may hold 11434.
+    ollama_listen: str = ""
+
+
+@dataclass(frozen=True)
+class RoutingSection:
+    #: Model name aliases: a request for the key is served as the value.
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    #: Number of leading messages hashed for prefix affinity.
+    affinity_messages: int = 2
+    #: Load (in-flight / capacity) above which affinity spills to others.
+    spill_load: float = 0.8
+    #: Seconds a request may wait in this node's queue for a free engine slot
+    #: when every engine serving its model is at capacity (429 with
+    #: Retry-After after).  Ollama waits without limit; two minutes covers a
+    #: few long generations ahead in line on a small swarm.
+    queue_timeout: float = 120.0
+    #: Most requests waiting per model on this node (429 at once past it).
+    #: Ollama's default queue (OLLAMA_MAX_QUEUE) holds 512.
+    queue_max: int = 512
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    #: Engine kind: a built-in (llamacpp, ollama, vllm, tgi, mlx, openai,
+    #: simulated) or a plugin's entry point name.
+    kind: str
+    #: Base URL of the engine, e.g. ``http://127.0.0.1:8080``.
+    url: str
+    #: Node-local id; default ``<kind>-<port>``.
+    id: str = ""
+    #: Static model list / allow-list; empty = ask the engine.
+    models: tuple[str, ...] = ()
+    #: File holding an API key for the upstream (never gossiped or logged).
+    api_key_file: str = ""
+    #: Environment variable holding that key (read here, at config load).
+    api_key_env: str = ""
+    #: Max concurrent requests the engine handles well, if known.
+    capacity: int = 0
+    #: What it serves: any of "chat", "completions", "embeddings".  Empty:
+    #: learn it from the engine where it tells, else assume all three.
+    capabilities: tuple[str, ...] = ()
+    #: Resolved key (from api_key_file / api_key_env), not a TOML key.
+    api_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class LocalEnginesSection:
+    #: Probe the usual local ports (llama.cpp 8080, Ollama 11434, vLLM 8000,
+    #: ...) for engines nobody configured.
+    detect: bool = True
+    #: Seconds between health/model/load polls of local engines.
+    poll_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    #: Unix socket of the local control API used by ``swarmctl``.
+    socket: Path = field(default_factory=default_control_socket)
+
+
+@dataclass(frozen=True)
+class LogSection:
+    #: debug, info, warning, error.
+    level: str = "info"
+    #: ``text`` for people, ``json`` for log collectors (one object a line).
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class ModelsSection:
+    """The node's model store (swarmd/models/, protocol/models.md)."""
+
+    #: Store directory (blobs, manifests, partial downloads).  Empty =
+    #: ``data_dir/models``, beside the node's other state.
+    dir: str = ""
+    #: Most bytes the store may hold; 0 = unlimited.  Past it a pull evicts
+    #: the least recently used models no engine uses, or fails.
+    max_disk: int = 0
+    #: Bytes/s all model transfers together may use; 0 = unlimited.  Set it
+    #: below the link rate so inference traffic keeps room during a pull.
+    max_transfer_rate: int = 0
+    #: Accept pickle-based weights (``.bin``, ``.pt``, ``.ckpt``).  Off: loading
+    #: a pickle can run arbitrary code.
+    allow_pickle: bool = False
+    #: Hugging Face Hub endpoint (a mirror, or a local fake in tests).
+    hf_endpoint: str = "https://huggingface.co"
+    #: File holding a Hub token (gated and private repos).  Empty = the
+    #: ``HF_TOKEN`` environment variable if set, else no token.
+    hf_token_file: str = ""
+    #: Ollama registry for ``ollama:`` sources.
+    ollama_registry: str = "https://registry.ollama.ai"
+    #: An existing local Ollama store to import from by hard link before
+    #: asking the registry.  Empty = ``~/.ollama/models`` when it exists.
+    ollama_dir: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    p2p: P2PSection = field(default_factory=P2PSection)
+    membership: MembershipSection = field(default_factory=MembershipSection)
+    lease: LeaseSection = field(default_factory=LeaseSection)
+    api: ApiSection = field(default_factory=ApiSection)
+    routing: RoutingSection = field(default_factory=RoutingSection)
+    engines: tuple[EngineEntry, ...] = ()
+    local_engines: LocalEnginesSection = field(default_factory=LocalEnginesSection)
+    control: ControlSection = field(default_factory=ControlSection)
+    log: LogSection = field(default_factory=LogSection)
+    models: ModelsSection = field(default_factory=ModelsSection)

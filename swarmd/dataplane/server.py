@@ -1,0 +1,346 @@
+"""The data-plane server: forwarded requests to this node's engines, and blob ranges.
+
+Theory of operation
+-------------------
+An aiohttp application served over mutually authenticated TLS
+(:mod:`swarmd.dataplane.tls`) on its own port.  Connections pass a gate
+before HTTP sees them: asyncio hands the connection to the gate once the
+TLS handshake (which already refused peers without the swarm secret) is
+done; the gate derives the peer id from the certificate and asks the
+admission oracle, and aborts the connection if either fails, so no request
+of a stranger, a forged identity or a dead member is ever parsed.  Every
+request asks the oracle again (a member can be declared dead while its
+connection lives) and is refused with ``403 Swarmd-Error: refused``.
+
+Forward (``/dp/1/forward/<route>``): the head is decoded
+(:func:`swarmd.dataplane.wire.decode_forward`), the request runs through the
+injected ``open_local`` (the proxy's :meth:`Proxy.open_local`) with the
+caller's relative deadlines turned into this node's :class:`Deadlines`, and
+the engine's answer streams back chunk by chunk.  ``await resp.write`` waits
+for the socket (aiohttp drains past its high-water mark), so a slow reader
+stops our reads from the engine: backpressure end to end.  A failure before
+the answer head becomes an error answer with its kind (the caller may retry
+elsewhere); a failure after it aborts the connection (the caller sees a
+truncated body).  When the caller disconnects, aiohttp cancels the handler
+(``handler_cancellation``) and ``aclose()`` cancels the engine request.
+
+Blob (``/dp/1/blobs/<sha256>``): the injected ``blob_path`` names a complete,
+verified file (or None: 404).  One byte range per request, read with
+``os.pread`` in :data:`BLOB_CHUNK` pieces in a worker thread and written
+with drain, so memory does not grow with the file.  Over TLS there is no
+zero-copy: Python's ``ssl`` encrypts in user space (asyncio's own sendfile
+fallback for TLS moves 16 KiB per thread hop, which is slower than this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from swarmd.api.upstream import Deadlines, ProxyRequest, UpstreamError, UpstreamResponse
+from swarmd.dataplane import wire
+from swarmd.dataplane.certs import NodeCert
+from swarmd.dataplane.tls import IsAdmitted, PeerCheck, PeerRefused, server_context
+
+log = logging.getLogger("swarmd.dataplane")
+
+#: The proxy's Proxy.open_local: one request on one of this node's engines.
+OpenLocal = Callable[[str, ProxyRequest, Deadlines], Awaitable[UpstreamResponse]]
+#: A complete, verified blob's file by sha256 hex digest, or None.
+BlobPath = Callable[[str], "Path | None"]
+
+#: Bytes read from a blob file per write.
+BLOB_CHUNK = 1024 * 1024
+_RANGE = re.compile(r"^bytes=(\d{1,19})-(\d{0,19})$")
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    connect: float = 5.0  # s: this node connecting to its own engine
+    first_byte: float = 300.0  # s: defaults when the caller sends 0
+    idle: float = 120.0
+    total: float = 1800.0
+    handshake: float = 10.0  # s: TLS handshake
+    keepalive: float = 75.0  # s: an idle connection is closed (client pools keep 30 s)
+    max_body: int = 16 * 1024 * 1024  # bytes of a forwarded request body
+
+
+class _Gate(asyncio.Protocol):
+    """Wraps aiohttp's per-connection protocol; lets only admitted peers through."""
+
+    def __init__(self, inner: asyncio.Protocol, server: DataPlaneServer) -> None:
+        self._inner: asyncio.Protocol | None = inner
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        try:
+            self._server.check.admit(transport)
+        except PeerRefused as exc:
+            self._server.stats["refused_connections"] += 1
+            log.info("data-plane connection refused", extra={"error": str(exc)})
+            self._inner = None
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        assert self._inner is not None
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+def _error(err: wire.PlaneError, node: str) -> web.Response:
+    status, headers, body = wire.encode_error(err)
+    resp = web.Response(status=status, body=body)
+    for k, v in headers:
+        resp.headers[k] = v
+    resp.headers[wire.H_NODE] = node
+    return resp
+
+
+@dataclass
+class DataPlaneServer:
+    """Serves the data plane for one node; ``await start()``, ``await stop()``."""
+
+    cert: NodeCert
+    is_admitted: IsAdmitted
+    open_local: OpenLocal | None = None
+    blob_path: BlobPath | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    stats: dict[str, int] = field(default_factory=lambda: {
+        "refused_connections": 0, "refused_requests": 0, "forwarded": 0, "completed": 0,
+        "errors": 0, "broken": 0, "cancelled": 0, "blob_reads": 0, "blob_bytes": 0,
+    })
+
+    def __post_init__(self) -> None:
+        self.check = PeerCheck(self.is_admitted)
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.port = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.limits.max_body)
+        app.router.add_route("*", wire.FORWARD_PREFIX + "/{route:.+}", self._forward)
+        app.router.add_get(wire.BLOB_PREFIX + "{digest}", self._blob)
+        app.router.add_get(wire.PING_PATH, self._ping)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0,
+                    sock: socket.socket | None = None) -> int:
+        """Listen (on ``sock`` if given); returns the bound port."""
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None,
+                                     keepalive_timeout=self.limits.keepalive)
+        await self._runner.setup()
+        proto = self._runner.server
+        assert proto is not None
+        loop = asyncio.get_running_loop()
+        ctx = server_context(self.cert)
+        self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="swarmd-dp-blob")
+
+        def factory() -> asyncio.Protocol:
+            return _Gate(proto(), self)
+
+        if sock is not None:
+            self._server = await loop.create_server(
+                factory, sock=sock, ssl=ctx, ssl_handshake_timeout=self.limits.handshake)
+        else:
+            self._server = await loop.create_server(
+                factory, host, port, ssl=ctx, ssl_handshake_timeout=self.limits.handshake,
+                reuse_address=True)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        self._server = self._runner = self._pool = None
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def _admit(self, request: web.Request) -> web.Response | None:
+        try:
+            self.check.admit(request.transport)
+        except PeerRefused as exc:
+            self.stats["refused_requests"] += 1
+            resp = _error(wire.PlaneError("refused", str(exc)), self.cert.peer_id)
+            resp.force_close()
+            return resp
+        return None
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        refused = self._admit(request)
+        if refused is not None:
+            return refused
+        return web.Response(status=204, headers={wire.H_NODE: self.cert.peer_id})
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        refused = self._admit(request)
+        return refused or _error(wire.PlaneError("not_found", f"no route {request.path}"),
+                                 self.cert.peer_id)
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        refused = self._admit(request)
+        if refused is not None:
+            return refused
+        node = self.cert.peer_id
+        try:
+            head = wire.decode_forward(request.method, request.path, request.headers.items())
+        except wire.WireError as exc:
+            return _error(wire.PlaneError("bad_request", str(exc)), node)
+        if self.open_local is None:
+            return _error(wire.PlaneError("unavailable", "no engines on this node"), node)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(wire.PlaneError("bad_request", "request body too large"), node)
+        self.stats["forwarded"] += 1
+        lim = self.limits
+        deadlines = Deadlines(lim.connect, head.first_byte or lim.first_byte,
+                              head.idle or lim.idle,
+                              time.monotonic() + (head.timeout or lim.total))
+        preq = ProxyRequest(route=head.route, body=body, model=head.model,
+                            headers=head.headers, method=head.method,
+                            request_id=head.request_id)
+        try:
+            up = await self.open_local(head.engine, preq, deadlines)
+        except UpstreamError as exc:
+            self.stats["errors"] += 1
+            return _error(wire.PlaneError(exc.kind if exc.kind in wire.ERROR_STATUS
+                                          else "upstream", exc.message, exc.retry_after,
+                                          exc.status), node)
+        except Exception as exc:  # a bug below us: a clear error, never a bare 500
+            self.stats["errors"] += 1
+            log.exception("forwarded request failed")
+            return _error(wire.PlaneError("internal", f"{type(exc).__name__}: {exc}"), node)
+        try:
+            return await self._relay(request, up)
+        except asyncio.CancelledError:
+            self.stats["cancelled"] += 1
+            raise
+        finally:
+            await up.aclose()
+
+    async def _relay(self, request: web.Request, up: UpstreamResponse) -> web.StreamResponse:
+        resp = web.StreamResponse(status=up.status)
+        for k, v in wire.relayed_headers(up.headers):
+            resp.headers.add(k, v)
+        resp.headers[wire.H_NODE] = self.cert.peer_id
+        await resp.prepare(request)
+        try:
+            while True:
+                chunk = await up.read()
+                if not chunk:
+                    break
+                await resp.write(chunk)
+        except UpstreamError as exc:
+            # After the head: the caller can only see a broken body.
+            self.stats["broken"] += 1
+            log.info("engine failed mid-forward", extra={"kind": exc.kind,
+                                                         "error": exc.message})
+            if request.transport is not None:
+                request.transport.abort()  # type: ignore[attr-defined]
+            return resp
+        await resp.write_eof()
+        self.stats["completed"] += 1
+        return resp
+
+    async def _blob(self, request: web.Request) -> web.StreamResponse:
+        refused = self._admit(request)
+        if refused is not None:
+            return refused
+        node = self.cert.peer_id
+        try:
+            digest = wire.parse_blob_path(request.path)
+        except wire.WireError as exc:
+            return _error(wire.PlaneError("bad_request", str(exc)), node)
+        path = self.blob_path(digest) if self.blob_path is not None else None
+        if path is None:
+            return _error(wire.PlaneError("not_found", f"no blob {digest}"), node)
+        pool = self._pool
+        assert pool is not None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            return _error(wire.PlaneError("not_found", f"blob {digest}: {exc.strerror}"), node)
+        pending: concurrent.futures.Future[bytes] | None = None
+        try:
+            size = os.fstat(fd).st_size
+            rng = _parse_range(request.headers.get("Range"), size)
+            if rng is None:
+                return _error(wire.PlaneError("range", f"range not inside {size} bytes"), node)
+            start, end = rng
+            resp = web.StreamResponse(status=206)
+            resp.content_length = end - start
+            resp.headers["Content-Type"] = "application/octet-stream"
+            resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            resp.headers[wire.H_NODE] = node
+            await resp.prepare(request)
+            self.stats["blob_reads"] += 1
+            pos = start
+            while pos < end:
+                pending = pool.submit(os.pread, fd, min(BLOB_CHUNK, end - pos), pos)
+                data = await asyncio.wrap_future(pending)
+                if not data:  # the file shrank under us: a broken body, never padding
+                    if request.transport is not None:
+                        request.transport.abort()  # type: ignore[attr-defined]
+                    return resp
+                await resp.write(data)
+                pos += len(data)
+                self.stats["blob_bytes"] += len(data)
+            await resp.write_eof()
+            return resp
+        finally:
+            if pending is not None and not pending.done():
+                # Cancelled mid-read: close only once the worker is done with fd.
+                pending.add_done_callback(lambda _f: os.close(fd))
+            else:
+                os.close(fd)
+
+
+def _parse_range(raw: str | None, size: int) -> tuple[int, int] | None:
+    """[start, end) of a single ``bytes=a-b`` / ``bytes=a-`` range (none: whole file)."""
+    if raw is None:
+        return (0, size) if size > 0 else None
+    m = _RANGE.match(raw.strip())
+    if not m:
+        return None
+    start = int(m.group(1))
+    end = int(m.group(2)) + 1 if m.group(2) else size
+    end = min(end, size)
+    if start >= end:
+        return None
+    return start, end
+

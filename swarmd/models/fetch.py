@@ -1,0 +1,296 @@
+"""Fetching one blob into the store from one or more range sources.
+
+Theory of operation
+-------------------
+A :class:`RangeSource` is anything that can hand over bytes ``[offset,
+offset+length)`` of one blob: an HTTP server with Range requests, a local
+file, and -- once the data plane lands -- a peer serving a blob by digest.
+That is the one pluggable point for peer transfer: "fetch chunk i of blob D
+from somewhere" is ``source.read_range(i * CHUNK_SIZE, chunk_len)``.
+
+:func:`fetch_blob` opens the blob's :class:`~swarmd.models.partial.PartialBlob`
+(taking its lock), works out which chunks are missing (a resumed pull keeps
+every chunk that re-verifies from disk) and hands them out as jobs: with one
+source, each run of consecutive missing chunks is a single request (one GET
+for a fresh file, as fast as curl); with several sources, one chunk per job,
+and one worker thread per source pulls jobs from a shared queue, so fast
+sources take more.  Bytes are written at their offsets as they arrive and
+hashed per chunk; a chunk is recorded in the journal only once complete.
+When the manifest's chunk digests are known (a peer pull), a chunk that does
+not match is refused on arrival: its source is dropped and counted in
+``bad_sources``, and the chunk goes back in the queue for the others.  A
+source that sends more or fewer bytes than asked is treated the same way.
+With no chunk digests (a first pull from the internet), the whole-file
+sha256 -- from the Hub, the registry, or none for a plain URL -- is checked
+at the end; a mismatch discards the partial.
+
+``limiter`` paces all reads (``[models] max_transfer_rate``) so inference
+traffic keeps room; ``cancel`` stops between pieces, leaving a resumable
+partial.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from swarmd.models.manifest import CHUNK_SIZE
+from swarmd.models.partial import DigestMismatch, PartialBlob
+from swarmd.models.store import ModelStore, StoreError
+
+
+class SourceError(Exception):
+    """A source failed to deliver (network, HTTP status, short or long read)."""
+
+
+class Cancelled(Exception):
+    """The pull was cancelled; its partial blobs remain and resume later."""
+
+
+class FetchError(StoreError):
+    """No source could deliver every chunk; ``bad_sources`` counts the dropped ones."""
+
+    def __init__(self, message: str, bad_sources: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.bad_sources = dict(bad_sources or {})
+
+
+class RangeSource(Protocol):
+    #: Shown in progress and errors: a host, a peer id, a path.
+    label: str
+
+    def read_range(self, offset: int, length: int) -> Iterator[bytes | memoryview]:
+        """Yield exactly ``length`` bytes of the blob from ``offset``, in pieces.
+
+        A piece need only stay valid until the next one is asked for (a source
+        may reuse one buffer).  Raise :class:`SourceError` on failure.  Called
+        from worker threads."""
+        ...
+
+
+class WritingSource(Protocol):
+    """A source that writes a verified range into the partial file itself (the
+    data plane's ``DataPlaneClient.fetch_range`` works this way: it hashes as it
+    writes and raises unless the bytes hash to ``expect``).  Used one chunk at a
+    time, only when the manifest's chunk digests are known."""
+
+    label: str
+
+    def write_range(self, dest: Path, offset: int, length: int, expect: str) -> None:
+        """Write bytes ``[offset, offset+length)`` into ``dest`` at ``offset``,
+        verified against sha256 hex ``expect``; raise on any failure."""
+        ...
+
+
+AnySource = RangeSource | WritingSource
+
+
+@dataclass(frozen=True)
+class BlobTarget:
+    key: str  # partial key: sha256-<hex> if the digest is known, else from the source identity
+    size: int
+    sha256: str | None = None  # expected whole-file digest (hex), if known
+    chunks: tuple[str, ...] | None = None  # expected chunk digests, if known (peer pulls)
+    label: str = ""  # the file's path in the model, for progress
+
+
+@dataclass
+class FetchResult:
+    sha256: str
+    fetched: int = 0  # bytes received from sources in this call
+    resumed: int = 0  # bytes kept from an earlier, interrupted pull
+    present: bool = False  # the blob was already complete
+    pinned: bool = False  # the store pinned this blob for the caller: unpin it when done
+    bad_sources: dict[str, int] = field(default_factory=dict)
+
+
+class RateLimiter:
+    """A shared pacing clock: at most ``rate`` bytes/s (0 = unlimited), 0.25 s burst."""
+
+    def __init__(self, rate: int, burst_s: float = 0.25) -> None:
+        self.rate = rate
+        self.burst_s = burst_s
+        self._t = 0.0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._t = max(self._t, now - self.burst_s) + n / self.rate
+            wait = self._t - now - self.burst_s
+        if wait > 0:
+            time.sleep(wait)
+
+
+ProgressFn = Callable[[int], None]  # bytes of this blob now complete or in flight
+
+
+class _Job:
+    __slots__ = ("first", "count")
+
+    def __init__(self, first: int, count: int) -> None:
+        self.first, self.count = first, count
+
+
+class _Fetch:
+    def __init__(self, partial: PartialBlob, target: BlobTarget, progress: ProgressFn,
+                 cancel: threading.Event, limiter: RateLimiter) -> None:
+        self.partial, self.target = partial, target
+        self.progress, self.cancel, self.limiter = progress, cancel, limiter
+        self.jobs: collections.deque[_Job] = collections.deque()
+        self.lock = threading.Lock()
+        self.fetched = 0
+        self.bad: dict[str, int] = {}
+        self.errors: list[str] = []
+        self.bytes_seen = partial.resumed_bytes
+
+    def next_job(self) -> _Job | None:
+        with self.lock:
+            return self.jobs.popleft() if self.jobs else None
+
+    def worker(self, source: AnySource) -> None:
+        while not self.cancel.is_set():
+            job = self.next_job()
+            if job is None:
+                return
+            try:
+                if hasattr(source, "write_range") and self.target.chunks is not None:
+                    self.run_written(source, job)  # type: ignore[arg-type]
+                elif hasattr(source, "read_range"):
+                    self.run_job(source, job)  # type: ignore[arg-type]
+                else:
+                    raise SourceError("cannot read this blob without chunk digests")
+            except Cancelled:
+                return
+            except Exception as exc:
+                self.partial.invalidate_hash()  # bytes of this job may be rewritten
+                with self.lock:  # drop the source; fetch_blob re-queues what is missing
+                    self.bad[source.label] = self.bad.get(source.label, 0) + 1
+                    self.errors.append(f"{source.label}: {exc}")
+                return
+
+    def run_written(self, source: WritingSource, job: _Job) -> None:
+        assert self.target.chunks is not None
+        p = self.partial
+        for i in range(job.first, job.first + job.count):
+            if self.cancel.is_set():
+                raise Cancelled()
+            n = p.chunk_len(i)
+            self.limiter.take(n)
+            source.write_range(p.part_path, i * CHUNK_SIZE, n, self.target.chunks[i])
+            p.chunk_done(i, self.target.chunks[i])
+            with self.lock:
+                self.fetched += n
+                self.bytes_seen += n
+            self.progress(self.bytes_seen)
+
+    def run_job(self, source: RangeSource, job: _Job) -> None:
+        p = self.partial
+        start = job.first * CHUNK_SIZE
+        end = min(p.size, (job.first + job.count) * CHUNK_SIZE)
+        idx, pos = job.first, start
+        h = hashlib.sha256()
+        chunk_end = min(p.size, (idx + 1) * CHUNK_SIZE)
+        last_report = 0.0
+        for piece in source.read_range(start, end - start):
+            if self.cancel.is_set():
+                raise Cancelled()
+            if pos + len(piece) > end:
+                raise SourceError(f"sent more than the {end - start} bytes asked for")
+            self.limiter.take(len(piece))
+            p.write(pos, piece)
+            view = memoryview(piece)
+            while view:
+                take = min(len(view), chunk_end - pos)
+                h.update(view[:take])
+                view = view[take:]
+                pos += take
+                if pos == chunk_end:
+                    digest = h.hexdigest()
+                    want = self.target.chunks[idx] if self.target.chunks else None
+                    if want is not None and digest != want:
+                        raise DigestMismatch(f"chunk {idx} has sha256 {digest}, manifest says {want}")
+                    p.chunk_done(idx, digest)
+                    idx, h = idx + 1, hashlib.sha256()
+                    chunk_end = min(p.size, (idx + 1) * CHUNK_SIZE)
+            with self.lock:
+                self.fetched += len(piece)
+                self.bytes_seen += len(piece)
+            now = time.monotonic()
+            if now - last_report > 0.1:
+                last_report = now
+                self.progress(self.bytes_seen)
+        if pos != end:
+            raise SourceError(f"short read: {pos - start} of {end - start} bytes")
+        self.progress(self.bytes_seen)
+
+
+def _runs(missing: Sequence[int]) -> list[_Job]:
+    jobs: list[_Job] = []
+    for i in missing:
+        if jobs and jobs[-1].first + jobs[-1].count == i:
+            jobs[-1].count += 1
+        else:
+            jobs.append(_Job(i, 1))
+    return jobs
+
+
+def fetch_blob(
+    store: ModelStore, target: BlobTarget, sources: Sequence[AnySource], *,
+    progress: ProgressFn = lambda n: None, cancel: threading.Event | None = None,
+    limiter: RateLimiter | None = None,
+) -> FetchResult:
+    """Bring one blob into ``store`` from ``sources``; see the module docstring."""
+    cancel = cancel or threading.Event()
+    limiter = limiter or RateLimiter(0)
+    if target.sha256 and store.has_blob(target.sha256):
+        progress(target.size)
+        return FetchResult(sha256=target.sha256, present=True)
+    if not sources:
+        raise FetchError(f"{target.label}: no source to fetch it from")
+    with store.blob_lock(target.key):
+        if target.sha256 and store.has_blob(target.sha256):  # another pull finished it
+            progress(target.size)
+            return FetchResult(sha256=target.sha256, present=True)
+        partial = store.partial(target.key, target.size, target.sha256)
+        partial.open()
+        try:
+            if target.chunks is not None:
+                for i, d in list(partial.done.items()):
+                    if target.chunks[i] != d:
+                        del partial.done[i]
+            f = _Fetch(partial, target, progress, cancel, limiter)
+            progress(f.bytes_seen)
+            healthy = list(sources)
+            while partial.missing() and healthy and not cancel.is_set():
+                missing = partial.missing()
+                f.bytes_seen = sum(partial.chunk_len(i) for i in partial.done)
+                f.jobs.extend(_runs(missing) if len(healthy) == 1 else [_Job(i, 1) for i in missing])
+                if len(healthy) == 1:
+                    f.worker(healthy[0])
+                else:
+                    threads = [threading.Thread(target=f.worker, args=(s,), daemon=True)
+                               for s in healthy]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                healthy = [s for s in healthy if s.label not in f.bad]
+            if cancel.is_set():
+                raise Cancelled(f"{target.label}: cancelled")
+            if partial.missing():
+                raise FetchError(f"{target.label}: {len(partial.missing())} chunks could not be "
+                                 f"fetched ({'; '.join(f.errors) or 'no source left'})", f.bad)
+            sha = partial.finish()
+            return FetchResult(sha256=sha, fetched=f.fetched, resumed=partial.resumed_bytes,
+                               bad_sources=f.bad, pinned=True)
+        finally:
+            partial.close()

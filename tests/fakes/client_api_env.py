@@ -1,0 +1,96 @@
+"""One node's API in-process, in front of real engine servers on 127.0.0.1.
+
+The engines are swarmd's SIMULATED engine (kind ``simulated``, model
+``sim-model``) and the Ollama-speaking simulated engine of
+:mod:`tests.fakes.ollama_sim` (kind ``ollama``, models ``sim-llama:latest`` and
+``sim-embed:latest``), and a second instance of that one registered as kind
+``openai`` (model ``sim-tools``: translated requests, simulated tool calls),
+polled by the real :class:`EngineManager`; the API is
+the real :class:`ApiServer`.  Nothing is mocked: requests cross real HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from swarmd.api.app import ApiDeps, ApiServer
+from swarmd.config import ApiSection, RoutingSection
+from swarmd.core.routing import Router
+from swarmd.engines.base import EngineSpec
+from swarmd.engines.manager import EngineManager
+from swarmd.engines.simulated import SimulatedEngine, start_simulated_engine
+from swarmd.testing.swarm_snapshot import snapshot
+from tests.fakes.ollama_sim import OllamaSim
+
+
+@dataclass
+class Env:
+    server: ApiServer
+    sim: SimulatedEngine
+    ollama: OllamaSim
+    tools: OllamaSim
+    http: aiohttp.ClientSession
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    async def post(self, path: str, body: Any = None, *, raw: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+        data = raw if raw is not None else json.dumps(body).encode()
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        async with self.http.post(self.base + path, data=data, headers=hdrs) as r:
+            text = await r.read()
+            try:
+                doc: Any = json.loads(text)
+            except ValueError:
+                doc = text
+            return r.status, doc, r.headers
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.http.get(self.base + path) as r:
+            text = await r.read()
+            try:
+                return r.status, json.loads(text)
+            except ValueError:
+                return r.status, text
+
+
+@asynccontextmanager
+async def env(*, aliases: dict[str, str] | None = None) -> AsyncIterator[Env]:
+    sim = await start_simulated_engine(model="sim-model", max_tokens=8)
+    ollama = await OllamaSim(max_tokens=8).start()
+    tools = await OllamaSim(models=("sim-tools",), max_tokens=8).start()
+    http = aiohttp.ClientSession()
+    manager = EngineManager([EngineSpec(kind="simulated", url=sim.url, id="sim"),
+                             EngineSpec(kind="ollama", url=ollama.url, id="oll"),
+                             EngineSpec(kind="openai", url=tools.url + "/v1", id="tools")],
+                            session=http, detect=False)
+    await manager.start()
+    snap = snapshot(manager.record())
+    deps = ApiDeps(api=ApiSection(listen="127.0.0.1:0"),
+                   routing=RoutingSection(aliases=aliases or {}),
+                   snapshot=lambda: snap, local=manager, router=Router(rng=random.Random(1)))
+    server = ApiServer(deps)
+    await server.start()
+    try:
+        yield Env(server, sim, ollama, tools, http)
+    finally:
+        await server.stop()
+        await manager.stop()
+        await http.close()
+        await tools.stop()
+        await ollama.stop()
+        await sim.stop()
+
+
+def run(fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(fn(), 25))
