@@ -52,6 +52,7 @@ from swarmd.config_tree import (  # noqa: F401  (the tree, re-exported)
     default_data_dir,
     default_name,
 )
+from swarmd.core.record import CAPABILITIES
 
 
 class ConfigError(ValueError):
@@ -236,8 +237,8 @@ def _resolve_key(entry: EngineEntry, key: str) -> str:
 
 _LEVELS = ("debug", "info", "warning", "error")
 
-#: Values of ``[[engines]] capabilities`` (swarmd.engines.base.CAPABILITIES).
-ENGINE_CAPABILITIES = ("chat", "completions", "embeddings")
+#: Values of ``[[engines]] capabilities``.
+ENGINE_CAPABILITIES = CAPABILITIES
 
 
 def validate(cfg: Config) -> None:

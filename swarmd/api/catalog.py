@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from swarmd.core.record import CAPABILITIES
 from swarmd.core.routing import Candidate, EngineLoad, Target
 from swarmd.core.snapshot import Snapshot
 
@@ -81,7 +82,7 @@ def candidates(snap: Snapshot, model: str, *, remote_ok: bool = True,
     ]
 
 
-ALL_CAPABILITIES = ("chat", "completions", "embeddings")
+ALL_CAPABILITIES = CAPABILITIES
 
 
 def _model_obj(model_id: str, engines: list[EngineView],

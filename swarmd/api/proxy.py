@@ -73,6 +73,7 @@ from swarmd.api.validate import ParsedRequest, parse_doc, parse_request
 from swarmd.api.waitqueue import QueueFull, QueueTimeout, WaitQueues
 from swarmd.config import ApiSection, RoutingSection
 from swarmd.core.error_kinds import KINDS
+from swarmd.core.record import ROUTE_CAPABILITY
 from swarmd.core.routing import (
     Candidate,
     Decision,
@@ -110,12 +111,6 @@ class ProxyStats:
         self.errors[code] = self.errors.get(code, 0) + 1
 
 
-#: The capability each OpenAI route needs (swarmd.engines.base.ROUTE_CAPABILITY).
-ROUTE_CAPABILITY = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-}
 
 #: Seconds between gossip updates of this node's queue depths (coalesced).
 QUEUE_GOSSIP_INTERVAL = 0.5
@@ -277,11 +272,13 @@ class Proxy:
         errors: list[UpstreamError] = []  # over every round, queued or not
 
         async def attempt() -> Exchange | None:
-            decision = self._decide(p, feats, capability)
-            if decision is None:
+            decided = self._decide(p, feats, capability)
+            if decided is None:
                 return None
+            decision, kinds = decided
             try:
-                return await self._attempts(p, decision, req, deadlines, native, t0, errors)
+                return await self._attempts(p, decision, kinds, req, deadlines, native, t0,
+                                            errors)
             except _AllSaturated:
                 return None
 
@@ -304,8 +301,9 @@ class Proxy:
                            code="queue_timeout", retry_after=5.0) from None
 
     def _decide(self, p: ParsedRequest, feats: RequestFeatures,
-                capability: str | None) -> Decision | None:
-        """The router's decision, or None when every candidate is full (queue)."""
+                capability: str | None) -> tuple[Decision, dict[Target, str]] | None:
+        """The router's decision and each candidate's engine kind, or None
+        when every candidate is full (queue)."""
         snap = self.snapshot()
         remote_ok = self.remote is not None
         cands = catalog.candidates(snap, p.model, remote_ok=remote_ok, capability=capability)
@@ -327,17 +325,16 @@ class Proxy:
             raise ApiError(503, "no healthy engine serves this model",
                            code="no_healthy_engine",
                            retry_after=decision.retry_after or 5.0)
-        return decision
+        return decision, {c.target: c.kind for c in cands}
 
-    async def _attempts(self, p: ParsedRequest, decision: Decision, req: ProxyRequest,
-                        deadlines: Deadlines, native: NativeFn | None,
+    async def _attempts(self, p: ParsedRequest, decision: Decision, kinds: dict[Target, str],
+                        req: ProxyRequest, deadlines: Deadlines, native: NativeFn | None,
                         t0: float, errors: list[UpstreamError]) -> Exchange:
         """Try the decision's targets in order.  ``errors`` holds the failed
         attempts of earlier rounds too: a request makes at most MAX_ATTEMPTS
         failed attempts in all.  Raises _AllSaturated to wait in the queue
         again when the failures were "not now" ones and full candidates
         (left out of the decision) may free up."""
-        kinds = {c: k for c, k in self._kinds(p.model)}
         for target in decision.targets:
             if len(errors) >= MAX_ATTEMPTS:
                 break
@@ -386,10 +383,6 @@ class Proxy:
                 and "timeout" not in {e.kind for e in errors} and deadlines.left() > 0):
             raise _AllSaturated()  # others were full: the queue tries again
         raise _final_error(errors)
-
-    def _kinds(self, model: str) -> list[tuple[Target, str]]:
-        return [(Target(e.node_id, e.engine_id), e.kind)
-                for e in catalog.engines_of(self.snapshot()) if model in e.models]
 
     def _fresh(self, c: Candidate, engines: LocalEngines | None) -> Candidate:
         """A candidate with its load as of now, not as of its last poll or gossip.

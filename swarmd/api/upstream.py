@@ -428,17 +428,17 @@ class LocalUpstream:
             return _Buffered(status, hdrs, _error_body(engine_id, status, raw))
         if req.route not in USAGE_ROUTES:
             return _LocalResponse(resp, stack, deadlines)
-        doc = _body_doc(req.body)
         ctype = resp.headers.get("Content-Type", "")
 
         async def count_prompt() -> int | None:
-            text = prompt_text(req.route, doc)
+            # Only when the engine gave no counts: the body is parsed then.
+            text = prompt_text(req.route, _body_doc(req.body))
             n = await self.engines.count_tokens(engine_id, req.model, text)
             return n if n is not None else estimate_tokens(text)
 
         if ctype.startswith("text/event-stream"):
-            return _LocalResponse(resp, stack, deadlines, SseUsage(inject=wants_usage(doc)),
-                                  count_prompt)
+            asked = b"include_usage" in req.body and wants_usage(_body_doc(req.body))
+            return _LocalResponse(resp, stack, deadlines, SseUsage(inject=asked), count_prompt)
         if ctype.startswith("application/json") and (resp.content_length or 0) <= MAX_USAGE_BODY:
             raw = await self._read_all(resp, deadlines, MAX_USAGE_BODY)
             resp.release()

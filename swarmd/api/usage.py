@@ -74,6 +74,15 @@ def _valid_usage(u: Any) -> bool:
     return isinstance(u, Mapping) and isinstance(u.get("completion_tokens"), int)
 
 
+def usage_of(u: Any) -> Usage | None:
+    """An OpenAI ``usage`` object as :class:`Usage`, None when it is not one."""
+    if not _valid_usage(u):
+        return None
+    pt = u.get("prompt_tokens")
+    return Usage(pt if isinstance(pt, int) else 0, int(u["completion_tokens"]),
+                 counted=u.get("swarmd_counted") is True)
+
+
 def _chunk_text(doc: Mapping[str, Any]) -> str | None:
     """The generated text (or a tool-call marker) a chunk carries, None if none."""
     choices = doc.get("choices")
@@ -200,10 +209,9 @@ class SseUsage:
         return self.engine_usage is None and self.timings_prompt is None
 
     def usage(self, prompt_tokens: int | None = None) -> Usage:
-        if self.engine_usage is not None:
-            u = self.engine_usage
-            pt = u.get("prompt_tokens")
-            return Usage(pt if isinstance(pt, int) else 0, int(u["completion_tokens"]))
+        engine = usage_of(self.engine_usage)
+        if engine is not None:
+            return engine
         completion = (self.timings_predicted if self.timings_predicted is not None
                       else self.chunks_with_text)
         prompt = self.timings_prompt if self.timings_prompt is not None else (prompt_tokens or 0)
@@ -243,10 +251,9 @@ def ensure_body_usage(raw: bytes, prompt_tokens: int | None,
         return raw, None
     if not isinstance(doc, dict):
         return raw, None
-    u = doc.get("usage")
-    if isinstance(u, dict) and _valid_usage(u):
-        pt = u.get("prompt_tokens")
-        return raw, Usage(pt if isinstance(pt, int) else 0, int(u["completion_tokens"]))
+    given = usage_of(doc.get("usage"))
+    if given is not None:
+        return raw, given
     if "choices" not in doc:
         return raw, None
     usage = Usage(prompt_tokens or 0,
@@ -300,9 +307,4 @@ class BodyUsage:
             doc = json.loads(self._buf)
         except ValueError:
             return None
-        u = doc.get("usage") if isinstance(doc, dict) else None
-        if not (isinstance(u, dict) and _valid_usage(u)):
-            return None
-        pt = u.get("prompt_tokens")
-        return Usage(pt if isinstance(pt, int) else 0, int(u["completion_tokens"]),
-                     counted=u.get("swarmd_counted") is True)
+        return usage_of(doc.get("usage")) if isinstance(doc, dict) else None

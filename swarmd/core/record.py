@@ -39,6 +39,16 @@ from swarmd.core.routing import EngineLoad
 __all__ = ["RECORD_VERSION", "EngineEntry", "NodeRecord", "describe", "parse_engine",
            "parse_record", "self_record", "started_of"]
 
+#: What an engine can do for a model (protocol/engines.md "Capabilities").
+CAPABILITIES = ("chat", "completions", "embeddings")
+
+#: The capability each OpenAI route needs.
+ROUTE_CAPABILITY = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+
 #: The record format this code writes (written as an absent ``v``).
 RECORD_VERSION = 1
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from swarmd.core.record import EngineEntry
+from swarmd.core.record import CAPABILITIES, EngineEntry
 from swarmd.core.snapshot import NodeInfo, Snapshot
 
 __all__ = ["CoordinatorDoc", "EngineDoc", "ModelEngineDoc", "ModelRowDoc", "ModelsDoc",
@@ -85,7 +85,7 @@ class ModelRowDoc(TypedDict):
     stored_on: list[str]
 
 
-ALL_CAPABILITIES = ("chat", "completions", "embeddings")
+ALL_CAPABILITIES = CAPABILITIES
 _MAX_INVENTORY = 256
 
 

@@ -47,20 +47,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from swarmd.core.record import CAPABILITIES as CAPABILITIES  # re-exported for plugins
+from swarmd.core.record import ROUTE_CAPABILITY as ROUTE_CAPABILITY
 from swarmd.core.routing import EngineLoad as EngineLoad  # re-exported: plugins build it
 
 #: OpenAI routes that engines serve and the API forwards.
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
-#: What an engine can do for a model (protocol/engines.md "Capabilities").
-CAPABILITIES = ("chat", "completions", "embeddings")
-
-#: The capability each OpenAI route needs.
-ROUTE_CAPABILITY = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-}
 
 #: Default timeout for one poll call (health, models, load, probe), seconds.
 POLL_TIMEOUT_S = 2.0
