@@ -31,11 +31,13 @@ from swarmd.config import ApiSection, RoutingSection
 from swarmd.core.routing import Router
 from swarmd.core.snapshot import Snapshot
 from swarmd.runtime.bridge import Bridge
-from swarmd.runtime.forward import BridgedForwarder, ForwardClient, ForwardServer
+from swarmd.runtime.forward import ForwardClient, ForwardServer
+from swarmd.runtime.forward_remote import BridgedForwarder
+from swarmd.testing.local_engines import SimEngines
 from swarmd.testing.loops import AsyncioThread, in_asyncio
+from swarmd.testing.sim_engine import SimEngine
 from swarmd.testing.streams import MemOpener
 from swarmd.testing.swarm_snapshot import node, snapshot
-from tests.fakes.openai_stub import StubEngine, StubEngines
 
 BODIES = {
     "chat": b'{"model":"tiny","messages":[{"role":"user","content":"hi"}]}',
@@ -68,9 +70,9 @@ async def trio_main(n: int) -> None:
     aio = AsyncioThread().start()
     bridge = Bridge(trio.lowlevel.current_trio_token(), aio.loop)
     try:
-        async def setup() -> tuple[StubEngine, LocalUpstream]:
-            stub = await StubEngine("e0").start()
-            return stub, LocalUpstream(StubEngines([stub]), LocalUpstream.new_session())
+        async def setup() -> tuple[SimEngine, LocalUpstream]:
+            stub = await SimEngine("e0", canned=True).start()
+            return stub, LocalUpstream(SimEngines([stub]), LocalUpstream.new_session())
 
         stub, local = await in_asyncio(aio, setup())
         server = ForwardServer(bridge, local.open)
@@ -79,7 +81,7 @@ async def trio_main(n: int) -> None:
             fwd = BridgedForwarder(bridge, ForwardClient(opener))
 
             async def run() -> dict[tuple[str, str], Any]:
-                engines = StubEngines([stub])
+                engines = SimEngines([stub])
                 results: dict[tuple[str, str], Any] = {}
                 for name, snap in (
                     ("local", snapshot(engines.records())),

@@ -61,9 +61,9 @@ TOKENS = 4
 
 
 def _engines(url: str) -> Any:
-    from tests.unit.test_dataplane import Engines
+    from swarmd.testing.local_engines import UrlEngines
 
-    return Engines({"e1": url})
+    return UrlEngines({"e1": url})
 
 
 async def role_b(a: argparse.Namespace) -> None:
@@ -324,7 +324,8 @@ def main() -> None:
                 assert r["bytes"] == a.blob_mb * 1024 * 1024
                 rows.append((f"curl <- nginx, to {'/dev/null' if out == '/dev/null' else 'file'}",
                              r["MB_s"], "http, sendfile", r["watch"]))
-                os.path.exists(tmp / "curl.out") and os.unlink(tmp / "curl.out")
+                if os.path.exists(tmp / "curl.out"):
+                    os.unlink(tmp / "curl.out")
         else:
             print("# nginx not installed: no curl baseline")
         import urllib.request

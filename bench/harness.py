@@ -8,8 +8,9 @@ workers) by that group's id -- never by name.  ``Procs`` is a context
 manager: it closes on normal exit, on exceptions, on Ctrl-C, and (after
 :func:`die_on_sigterm`) on SIGTERM.
 
-The engine is ``swarmd-simengine`` (the product's simulated engine) when it
-is installed and runs, else bench/stub_engine.py with the same options.
+The engine is the product's simulated engine: ``swarmd-simengine`` when it
+is installed and runs, else ``python -m swarmd.engines.simulated`` (the same
+program, from the source tree).
 All addresses are 127.0.0.1.
 """
 
@@ -166,7 +167,8 @@ def simengine_argv() -> list[str] | None:
 def engine_argv(port: int, model: str, *, ttft_ms: float = 0.0, tps: float = 0.0,
                 max_tokens: int = 16, concurrency: int = 0, extra: tuple[str, ...] = (),
                 prefer_sim: bool = True) -> tuple[list[str], str]:
-    """Command line of one engine and the swarmd engine kind that fronts it."""
+    """Command line of one engine and the swarmd engine kind that fronts it
+    (``prefer_sim=False``: run it from the source tree even when installed)."""
     sim = simengine_argv() if prefer_sim else None
     opts = ["--port", str(port), "--model", model, "--ttft-ms", str(ttft_ms),
             "--tps", str(tps), "--max-tokens", str(max_tokens)]
@@ -175,7 +177,7 @@ def engine_argv(port: int, model: str, *, ttft_ms: float = 0.0, tps: float = 0.0
     opts += list(extra)
     if sim is not None:
         return [*sim, *opts], "simulated"
-    return [sys.executable, str(BENCH / "stub_engine.py"), *opts], "openai"
+    return [sys.executable, "-m", "swarmd.engines.simulated", *opts], "simulated"
 
 
 def start_engine(procs: Procs, name: str, model: str, **kw: Any) -> tuple[str, str]:

@@ -1,7 +1,7 @@
 """Model pull throughput: swarmd's puller vs curl, same file, same local fake Hub.
 
 The real Gemma 3 270M Q4_K_M GGUF (241 MiB, assembled from its PyPI wheels into
-~/.cache/swarmd-test/) is served by tests/fakes/hub_servers.FakeHub on
+~/.cache/swarmd-test/) is served by swarmd/testing/hub_servers.FakeHub on
 127.0.0.1 (aiohttp FileResponse, sendfile).  Rounds alternate, side by side:
 
   curl        curl -s -o FILE http://127.0.0.1:P/cdn/<sha256>  (the blob URL the
@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes.hub_servers import FakeHub, HubRepo, gemma_gguf  # noqa: E402
+from swarmd.testing.hub_servers import FakeHub, HubRepo, gemma_gguf  # noqa: E402
 
 REPO = "google/gemma-3-270m-GGUF"
 

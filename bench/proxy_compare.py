@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-One zero-delay engine (``swarmd-simengine --ttft-ms 0 --tps 0``, or
-bench/stub_engine.py until that exists) answers every request at once, so
+One zero-delay engine (``swarmd-simengine --ttft-ms 0 --tps 0``, the
+product's simulated engine) answers every request at once, so
 whatever a path adds on top of going straight to it is that path's cost.
 The paths, all real processes on 127.0.0.1:
 

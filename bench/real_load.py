@@ -38,8 +38,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swarmd.testing.daemon import Daemon, wait_for  # noqa: E402
-from tests.fakes.hub_servers import gemma_gguf  # noqa: E402
-from tests.fakes.llama_server import start  # noqa: E402
+from swarmd.testing.hub_servers import gemma_gguf  # noqa: E402
+from swarmd.testing.llama_server import start  # noqa: E402
 
 MODEL = "gemma3"
 SECRET = "be" * 32

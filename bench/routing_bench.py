@@ -28,7 +28,7 @@ the four engines (the product path: engine manager, API, router).
    and time to first token.
 3. Real llama.cpp (``--llama``, needs llama-cpp-python): two
    llama-cpp-python servers with ``--cache true`` on the tiny random model
-   (tests/fakes/tiny_gguf.py), sessions with a long shared prefix, one
+   (swarmd/testing/tiny_gguf.py), sessions with a long shared prefix, one
    request at a time; TTFT when the swarmd router places requests vs random
    placement (and a fresh-prefix ceiling).
 
@@ -380,8 +380,8 @@ def llama_part(a: argparse.Namespace) -> None:
         from openai import OpenAI
 
         from bench.ttft_prefix_cache import N_CTX, summary, ttft_ms, workload
-        from tests.fakes.llama_server import llama_available, start
-        from tests.fakes.tiny_gguf import write_tiny_gguf
+        from swarmd.testing.llama_server import llama_available, start
+        from swarmd.testing.tiny_gguf import write_tiny_gguf
     except ImportError as exc:
         print(f"   skipped: {exc}")
         return

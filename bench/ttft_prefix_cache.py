@@ -9,7 +9,7 @@ earlier prompt states. A router that sends requests of one conversation
 (TTFT); a random placement mostly does not.
 
 This benchmark starts ``--engines`` real llama-cpp-python servers on the
-tiny random model from tests/fakes/tiny_gguf.py (context 2048, one thread
+tiny random model from swarmd/testing/tiny_gguf.py (context 2048, one thread
 each) and replays a seeded workload: ``--sessions`` conversations, each a
 long shared prefix (about ``--prefix-tokens`` tokens), and ``--requests``
 requests that each pick a session and append a fresh short question. Each
@@ -45,8 +45,8 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from tests.fakes.llama_server import LlamaServer, start
-from tests.fakes.tiny_gguf import WORDS, write_tiny_gguf
+from swarmd.testing.llama_server import LlamaServer, start
+from swarmd.testing.tiny_gguf import WORDS, write_tiny_gguf
 
 N_CTX = 2048
 PLAIN_WORDS = [w.lstrip("▁") for w in WORDS if w.startswith("▁")]

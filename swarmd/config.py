@@ -37,9 +37,11 @@ import tomli as tomllib  # the design card's TOML reader (same API as stdlib tom
 from swarmd.config_tree import (  # noqa: F401  (the tree, re-exported)
     ApiSection,
     Config,
+    ConfigError,
     ControlSection,
     EngineEntry,
     LeaseSection,
+    LimitsSection,
     LocalEnginesSection,
     LogSection,
     MembershipSection,
@@ -47,22 +49,14 @@ from swarmd.config_tree import (  # noqa: F401  (the tree, re-exported)
     NodeSection,
     P2PSection,
     RoutingSection,
+    UsageSection,
     _is_root,
     default_control_socket,
     default_data_dir,
     default_name,
 )
 from swarmd.core.record import CAPABILITIES
-
-
-class ConfigError(ValueError):
-    """A configuration problem, naming the dotted key at fault."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"config error at {key}: {problem}")
-        self.key = key
-        self.problem = problem
-
+from swarmd.usage.prices import parse_prices
 
 # --------------------------------------------------------------------------
 # Value checks shared with other modules.
@@ -182,6 +176,8 @@ _SECTIONS: dict[str, Any] = {
     "control": ControlSection,
     "log": LogSection,
     "models": ModelsSection,
+    "usage": UsageSection,
+    "limits": LimitsSection,
 }
 
 
@@ -191,10 +187,12 @@ def from_mapping(data: Mapping[str, Any]) -> Config:
     for name, value in data.items():
         if name == "engines":
             kwargs["engines"] = _engines(value)
+        elif name == "prices":
+            kwargs["prices"] = parse_prices(value)
         elif name in _SECTIONS:
             kwargs[name] = _build(_SECTIONS[name], value, name)
         else:
-            known = ", ".join(sorted([*_SECTIONS, "engines"]))
+            known = ", ".join(sorted([*_SECTIONS, "engines", "prices"]))
             raise ConfigError(name, f"unknown section (known: {known})")
     cfg = Config(**kwargs)
     validate(cfg)
@@ -238,7 +236,7 @@ def _resolve_key(entry: EngineEntry, key: str) -> str:
 _LEVELS = ("debug", "info", "warning", "error")
 
 #: Values of ``[[engines]] capabilities``.
-ENGINE_CAPABILITIES = CAPABILITIES
+ENGINE_CAPABILITIES = (*CAPABILITIES, "responses")  # responses: serves /v1/responses natively
 
 
 def validate(cfg: Config) -> None:
@@ -282,6 +280,21 @@ def validate(cfg: Config) -> None:
             parse_hostport(cfg.api.ollama_listen)
         except ValueError as exc:
             raise ConfigError("api.ollama_listen", str(exc)) from None
+    if cfg.api.auth not in ("required", "loopback-open", "off"):
+        raise ConfigError("api.auth", "must be required, loopback-open or off")
+    if cfg.api.tls not in ("", "self-signed"):
+        raise ConfigError("api.tls", 'must be "" or "self-signed" (or set tls_cert/tls_key)')
+    if bool(cfg.api.tls_cert) != bool(cfg.api.tls_key):
+        raise ConfigError("api.tls_key" if cfg.api.tls_cert else "api.tls_cert",
+                          "tls_cert and tls_key go together")
+    if cfg.api.tls and cfg.api.tls_cert:
+        raise ConfigError("api.tls", "give tls = \"self-signed\" or tls_cert/tls_key, not both")
+    if cfg.limits.default_max_tokens < 1:
+        raise ConfigError("limits.default_max_tokens", "must be >= 1")
+    if cfg.usage.retention_days < 1:
+        raise ConfigError("usage.retention_days", "must be >= 1")
+    if cfg.usage.flush_interval <= 0:
+        raise ConfigError("usage.flush_interval", "must be > 0 seconds")
     if cfg.api.max_body_bytes <= 0:
         raise ConfigError("api.max_body_bytes", "must be positive")
     if cfg.routing.queue_timeout < 0:
@@ -425,6 +438,10 @@ def to_toml(cfg: Config) -> str:
                 continue
             lines.append(f"{f.name} = {_toml_value(getattr(eng, f.name))}")
         lines.append("")
+    for price in cfg.prices:
+        lines += ["[[prices]]", f"model = {_toml_str(price.model)}",
+                  f"input = {price.usd_per_1m_input!r}", f"output = {price.usd_per_1m_output!r}",
+                  ""]
     return "\n".join(lines)
 
 

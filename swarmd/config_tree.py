@@ -14,6 +14,17 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the dotted key at fault."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config error at {key}: {problem}")
+        self.key = key
+        self.problem = problem
+
 
 # --------------------------------------------------------------------------
 # Defaults that depend on the machine (the only environment reads).
@@ -138,6 +149,19 @@ class ApiSection:
     #: (e.g. ``127.0.0.1:11434``).  The API port serves those routes too.
     #: Empty = off, the default: a local Ollama may hold 11434.
     ollama_listen: str = ""
+    #: Who may use the API port (swarmd/api/auth.py): ``"loopback-open"``
+    #: (no key needed from 127.0.0.1/::1, a key from anywhere else),
+    #: ``"required"`` (a key for every route but health checks) or ``"off"``
+    #: (no checks; logged as a warning when ``listen`` is not loopback).
+    #: Keys: ``swarmctl keys create``.
+    auth: str = "loopback-open"
+    #: TLS on the API port: ``""`` (plain HTTP), ``"self-signed"`` (a
+    #: certificate generated once into data_dir, its SHA-256 fingerprint in
+    #: ``swarmctl status``), or set ``tls_cert`` and ``tls_key``.
+    tls: str = ""
+    #: PEM certificate chain and private key files for the API port.
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -234,6 +258,42 @@ class ModelsSection:
 
 
 @dataclass(frozen=True)
+class UsageSection:
+    """Per-request usage records (swarmd/usage/store.py) and their counters."""
+
+    #: SQLite file of this node's usage records.  Empty = ``data_dir/usage.db``.
+    db: str = ""
+    #: Days of per-request rows kept on this node (older ones are pruned
+    #: hourly).  Swarm-wide counters keep 48 h, 35 days and 13 months
+    #: (swarmd/core/usage_counters.py) whatever this says.
+    retention_days: int = 90
+    #: Seconds between flushes of this node's counters into the replicated
+    #: table (one gossip message per flush while requests flow).
+    flush_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    """Budgets and rate limits of API keys (swarmd/api/limits.py, swarmd/core/escrow.py)."""
+
+    #: ``max_tokens`` given to a request of a key with a budget when the
+    #: request sets none: its reservation must be bounded.  Tokens.
+    default_max_tokens: int = 1024
+    #: Seconds a request waits for budget shares to arrive from other nodes
+    #: when this node's share is short (429 ``insufficient_quota`` after).
+    borrow_wait: float = 2.0
+    #: Seconds after start during which budgeted requests wait for this
+    #: node's own spending to be read back from peers (it may have spent
+    #: more than its disk says just before a crash); ends early once a peer's
+    #: copy of the shares table matches ours.
+    startup_hold: float = 5.0
+    #: Seconds between this node's publications of its per-key request and
+    #: token rates (rate limits are swarm-wide: each node adds the others'
+    #: last published minute to its own).
+    rate_publish_interval: float = 1.0
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     p2p: P2PSection = field(default_factory=P2PSection)
@@ -246,3 +306,8 @@ class Config:
     control: ControlSection = field(default_factory=ControlSection)
     log: LogSection = field(default_factory=LogSection)
     models: ModelsSection = field(default_factory=ModelsSection)
+    usage: UsageSection = field(default_factory=UsageSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    #: ``[[prices]]``: USD per 1M input/output tokens by model glob
+    #: (swarmd/usage/prices.py); unpriced models cost 0.
+    prices: tuple[Any, ...] = ()

@@ -64,6 +64,10 @@ class EngineView(Protocol):
     inflight: int
 
 
+#: Most distinct values of the model and project labels of the usage series.
+MAX_USAGE_LABELS = 200
+
+
 class RequestMetrics:
     """What the proxy observes per request (thread-safe, prometheus_client)."""
 
@@ -90,6 +94,44 @@ class RequestMetrics:
             "Seconds a queued request waited for a free engine slot",
             buckets=QUEUE_BUCKETS, registry=registry)
 
+
+        self.usage_requests = Counter(
+            "swarmd_usage_requests", "Requests booked on this node, by model and project "
+            "(bounded: past MAX_USAGE_LABELS values a label reads \"~other\")",
+            ["model", "project"], registry=registry)
+        self.usage_tokens = Counter(
+            "swarmd_usage_tokens", "Tokens booked on this node, by model, project and kind "
+            "(prompt, completion)", ["model", "project", "kind"], registry=registry)
+        self.usage_cost = Counter(
+            "swarmd_usage_cost_usd", "Cost booked on this node ([[prices]]), USD, by model "
+            "and project", ["model", "project"], registry=registry)
+        self.limit_refusals = Counter(
+            "swarmd_limit_refusals", "Requests refused by a key's limits, by reason "
+            "(insufficient_quota, rate_limit_exceeded)", ["reason"], registry=registry)
+        self.auth_failures = Counter(
+            "swarmd_auth_failures", "Requests refused by auth, by status (401, 403)",
+            ["status"], registry=registry)
+        self._labels: dict[str, set[str]] = {"model": set(), "project": set()}
+
+    def _bounded(self, kind: str, value: str) -> str:
+        seen = self._labels[kind]
+        if value in seen:
+            return value
+        if len(seen) >= MAX_USAGE_LABELS:
+            return "~other"
+        seen.add(value)
+        return value
+
+    def booked(self, model: str, project: str, prompt_tokens: int, completion_tokens: int,
+               cost_usd: float) -> None:
+        m, p = self._bounded("model", model or "?"), self._bounded("project", project or "")
+        self.usage_requests.labels(m, p).inc()
+        if prompt_tokens:
+            self.usage_tokens.labels(m, p, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self.usage_tokens.labels(m, p, "completion").inc(completion_tokens)
+        if cost_usd:
+            self.usage_cost.labels(m, p).inc(cost_usd)
 
     def finished(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

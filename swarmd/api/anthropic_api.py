@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from swarmd.api.client_apis import (
+from swarmd.api.client_common import (
     ClientError,
     Exchanger,
     StreamTranslator,

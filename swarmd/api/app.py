@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,8 +36,11 @@ import aiohttp
 from aiohttp import web
 
 from swarmd.api import catalog, http_errors
+from swarmd.api.accounting import Accounting, usage_answer
+from swarmd.api.auth import PRINCIPAL_KEY, Auth
 from swarmd.api.client_apis import register_client_apis
 from swarmd.api.errors import ApiError
+from swarmd.api.key_service import KeyService, register_key_routes
 from swarmd.api.proxy import Forwarder, Proxy
 from swarmd.api.upstream import LocalEngines, LocalUpstream
 from swarmd.config import ApiSection, RoutingSection, parse_hostport
@@ -66,6 +70,9 @@ class ApiDeps:
     session: aiohttp.ClientSession | None = None  # default: created on startup
     registry: CollectorRegistry | None = None  # served at GET /metrics when set
     metrics: RequestMetrics | None = None  # per-request series the proxy observes
+    auth: Auth | None = None  # key checks in front of every route (None: none)
+    keys: KeyService | None = None  # /v1/keys admin routes
+    accounting: Accounting | None = None  # GET /v1/usage
 
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
@@ -145,7 +152,8 @@ async def _ready(request: web.Request) -> web.Response:
 
 def create_app(deps: ApiDeps) -> web.Application:
     """The aiohttp application; the client session is opened on startup."""
-    app = web.Application(middlewares=[_errors], client_max_size=deps.api.max_body_bytes)
+    middlewares = [_errors] + ([deps.auth.middleware] if deps.auth is not None else [])
+    app = web.Application(middlewares=middlewares, client_max_size=deps.api.max_body_bytes)
     app[DEPS_KEY] = deps
     router = deps.router or _router_for(deps.routing)
     deps.router = router
@@ -173,7 +181,19 @@ def create_app(deps: ApiDeps) -> web.Application:
     for path in PROXY_ROUTES:
         app.router.add_post(path, proxy.handle)
     register_client_apis(app, proxy, deps)  # Ollama, Responses, Anthropic (client_apis.py)
+    if deps.keys is not None:
+        keys = deps.keys
+        register_key_routes(app, lambda: keys)  # admin scope (swarmd/api/auth.py)
+    if deps.accounting is not None:
+        app.router.add_get("/v1/usage", _usage)
     return app
+
+
+async def _usage(request: web.Request) -> web.Response:
+    acct = request.app[DEPS_KEY].accounting
+    assert acct is not None
+    status, doc = usage_answer(acct, request.query, request.get(PRINCIPAL_KEY))
+    return web.json_response(doc, status=status)
 
 
 class ApiServer:
@@ -185,14 +205,16 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self.port: int = 0
 
-    async def start(self, listen: str | None = None) -> None:
+    async def start(self, listen: str | None = None,
+                    ssl_context: ssl.SSLContext | None = None) -> None:
         host, port = parse_hostport(listen or self.deps.api.listen)
         # handler_cancellation: a client that disconnects cancels its handler,
         # which cancels the upstream request (even before the first byte).
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         http_errors.install(self._runner)
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True,
+                           ssl_context=ssl_context)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

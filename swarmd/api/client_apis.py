@@ -8,214 +8,24 @@ OpenAI app.  Each handler checks its API's body and maps it with the pure
 translators in :mod:`swarmd.api.translate`, then routes it through
 :meth:`swarmd.api.proxy.Proxy.exchange` -- the same router, queue, retries
 before the first byte and metrics as the OpenAI routes -- and maps the
-committed answer back, streamed or not.
-
-This module holds what the three share: the :class:`Exchanger` contract
-they call, reading the body (413 past ``api.max_body_bytes``), reading a
-whole answer, and relaying a stream through a translator.  Errors never
-leave a handler as an exception: each API renders its own error shape
-(:class:`ClientError` carries status, message, param and code until then),
-since the app's middleware would answer in OpenAI's shape.
+committed answer back, streamed or not.  What the three share (reading
+bodies, relaying streams, the error carrier) is in
+:mod:`swarmd.api.client_common`.
 """
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
-from swarmd.api.errors import ApiError
-from swarmd.api.translate.common import TranslateError, openai_error_of
-from swarmd.api.upstream import UpstreamError
-
-#: ``native(engine_kind)`` -> (engine path, body) to send instead of the OpenAI request.
-Native = Callable[[str], tuple[str, bytes] | None]
-
-
-class ExchangeLike(Protocol):
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    node_id: str
-    engine_id: str
-    engine_kind: str
-    route: str
-
-    async def read(self) -> bytes: ...
-    async def aclose(self) -> None: ...
-
-
-class Exchanger(Protocol):
-    """What the handlers need of :class:`swarmd.api.proxy.Proxy`."""
-
-    async def exchange(self, route: str, body: dict[str, Any], *,
-                       headers: Mapping[str, str] | None = None,
-                       request_id: str | None = None,
-                       native: Native | None = None) -> Any: ...
-
-
-@dataclass
-class ClientError(Exception):
-    """An error for the client, rendered in its API's own shape by the handler."""
-
-    status: int
-    message: str
-    param: str | None = None
-    code: str | None = None
-    retry_after: float | None = None
-
-    @classmethod
-    def of(cls, exc: ApiError | TranslateError) -> ClientError:
-        if isinstance(exc, ApiError):
-            return cls(exc.status, exc.message, exc.param, exc.code, exc.retry_after)
-        return cls(exc.status, exc.message, exc.param, exc.code)
-
-    def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, int(self.retry_after + 0.999)))}
-
-
-def request_id(request: web.Request) -> str:
-    return request.headers.get("X-Request-Id") or uuid.uuid4().hex
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise ClientError(413, f"request body exceeds {limit} bytes", code="request_too_large")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ClientError(413, f"request body exceeds {limit} bytes",
-                          code="request_too_large") from None
-
-
-async def open_exchange(proxy: Exchanger, route: str, body: dict[str, Any],
-                        request: web.Request, rid: str,
-                        native: Native | None = None) -> ExchangeLike:
-    """Route ``body`` as the OpenAI ``route``; ClientError when nothing could be opened."""
-    try:
-        ex: ExchangeLike = await proxy.exchange(route, body, headers=request.headers,
-                                                request_id=rid, native=native)
-    except ApiError as exc:
-        raise ClientError.of(exc) from None
-    return ex
-
-
-async def read_all(ex: ExchangeLike) -> tuple[bytes, float]:
-    """The whole answer, and the monotonic time its first bytes came."""
-    chunks: list[bytes] = []
-    first = 0.0
-    try:
-        while chunk := await ex.read():
-            if not chunks:
-                first = time.monotonic()
-            chunks.append(chunk)
-    except UpstreamError as exc:
-        raise ClientError(504 if exc.kind == "timeout" else 502,
-                          f"the engine failed mid-answer: {exc.message}",
-                          code="upstream_error") from None
-    return b"".join(chunks), first or time.monotonic()
-
-
-def engine_error(ex: ExchangeLike, raw: bytes) -> ClientError:
-    """The engine's own 4xx/5xx answer, as a ClientError."""
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        doc = None
-    message, code, param = openai_error_of(doc, ex.status)
-    return ClientError(ex.status, message, param, code)
-
-
-def answer_json(ex: ExchangeLike, raw: bytes) -> Any:
-    if ex.status >= 400:
-        raise engine_error(ex, raw)
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise ClientError(502, "the engine's answer is not JSON", code="upstream_error") from None
-
-
-def routed_headers(ex: ExchangeLike, rid: str) -> dict[str, str]:
-    return {"X-Request-Id": rid, "X-Swarmd-Node": ex.node_id, "X-Swarmd-Engine": ex.engine_id}
-
-
-@dataclass
-class StreamTranslator:
-    """The three calls a stream relay makes on a translator, bound to it."""
-
-    feed: Callable[[bytes], bytes]
-    finish: Callable[[], bytes]
-    fail: Callable[[str], bytes]
-
-
-async def relay_stream(request: web.Request, ex: ExchangeLike, rid: str, content_type: str,
-                       head: bytes, tr: StreamTranslator) -> web.StreamResponse:
-    """Write ``head`` then each translated chunk of ``ex`` as it comes.  A break
-    after the start is reported in the stream (``tr.fail``), then the
-    connection is closed."""
-    resp = web.StreamResponse(status=200, headers={"Content-Type": content_type,
-                                                   "Cache-Control": "no-cache",
-                                                   **routed_headers(ex, rid)})
-    await resp.prepare(request)
-    pending = head  # sent with the first translated bytes: one write, not two
-    try:
-        while chunk := await ex.read():
-            if out := pending + tr.feed(chunk):
-                await resp.write(out)
-                pending = b""
-    except UpstreamError as exc:
-        try:
-            await resp.write(pending + tr.fail(f"the engine failed mid-stream: {exc.message}"))
-        except ConnectionError:
-            pass
-        if request.transport is not None:
-            request.transport.close()
-        return resp
-    if tail := pending + tr.finish():
-        await resp.write(tail)
-    await resp.write_eof()
-    return resp
-
-
-async def passthrough(request: web.Request, ex: ExchangeLike, rid: str) -> web.StreamResponse:
-    """Relay a native engine answer unchanged (status, content type, bytes)."""
-    ctype = next((v for k, v in ex.headers if k.lower() == "content-type"),
-                 "application/json")
-    resp = web.StreamResponse(status=ex.status,
-                              headers={"Content-Type": ctype, **routed_headers(ex, rid)})
-    await resp.prepare(request)
-    try:
-        while chunk := await ex.read():
-            await resp.write(chunk)
-    except UpstreamError:
-        if request.transport is not None:
-            request.transport.close()
-        return resp
-    await resp.write_eof()
-    return resp
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def clock() -> tuple[float, float]:
-    """(monotonic, wall) now: the one place the handlers read the clocks."""
-    return time.monotonic(), time.time()
+from swarmd.api.anthropic_api import register as register_anthropic
+from swarmd.api.ollama_api import register as register_ollama
+from swarmd.api.responses_api import register as register_responses
 
 
 def register_client_apis(app: web.Application, proxy: Any, deps: Any) -> None:
     """Add the Ollama, Responses and Anthropic routes to the API app."""
-    # Imported here: the three modules import this one.
-    from swarmd.api.anthropic_api import register as register_anthropic
-    from swarmd.api.ollama_api import register as register_ollama
-    from swarmd.api.responses_api import register as register_responses
-
     register_ollama(app, proxy, deps)
     register_responses(app, proxy, deps)
     register_anthropic(app, proxy, deps)

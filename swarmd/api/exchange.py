@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from swarmd.api.upstream import UpstreamError, UpstreamResponse
-from swarmd.api.usage import BodyUsage, SseUsage, Usage
+from swarmd.api.usage import BodyUsage, SseUsage, Ticket, Usage
 from swarmd.core.routing import Target
 
 
@@ -51,6 +51,8 @@ class Exchange:
         self.first_at: float | None = None
         self.sent_status: int | None = None
         self.principal: Mapping[str, Any] = {}
+        #: The limits' hold on this request (settled at close), if any.
+        self.ticket: Ticket | None = None
         self._target = target
         self._up = up
         self._first: bytes | None = first

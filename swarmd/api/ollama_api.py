@@ -18,7 +18,13 @@ engine gets the OpenAI request and its answer is mapped back with Ollama's
 final counts and durations.  Errors are ``{"error": "..."}``.
 
 :class:`OllamaServer` serves only these routes on a second listener (Ollama
-clients that cannot be given a port assume 11434); it shares the API's proxy.
+clients that cannot be given a port assume 11434); it shares the API's proxy
+and dependencies, and its key check (``deps.auth``) when the API has one.
+
+``GET /``, ``/api/version``, ``/api/tags`` and ``/api/ps`` carry
+``X-Swarmd: 1`` (:data:`SWARMD_MARK`): the Ollama engine plugin's probe and
+health check see it and refuse a swarmd node as an "Ollama" engine, which
+would send requests back into the swarm (the self-loop guard).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from swarmd.api import catalog
-from swarmd.api.client_apis import (
+from swarmd.api.client_common import (
     ClientError,
     Exchanger,
     StreamTranslator,
@@ -63,6 +69,8 @@ OLLAMA_VERSION = "0.9.0"
 NATIVE_KINDS = frozenset({"ollama"})
 #: Engine kinds whose models are GGUF files (``details.format``).
 GGUF_KINDS = frozenset({"ollama", "llamacpp"})
+#: Marks an answer as swarmd's, not Ollama's (plugins/swarmd_engines/ollama.py reads it).
+SWARMD_MARK = {"X-Swarmd": "1"}
 NOT_MANAGED = ("swarmd does not manage models yet: {what} the model on the engine's own host "
                "(e.g. `ollama pull`), and every node serves it once its engine lists it")
 
@@ -118,13 +126,14 @@ class OllamaHandlers:
         }
 
     async def root(self, request: web.Request) -> web.Response:
-        return web.Response(text="Ollama is running", headers={"X-Swarmd": "1"})
+        return web.Response(text="Ollama is running", headers=SWARMD_MARK)
 
     async def version(self, request: web.Request) -> web.Response:
-        return _json({"version": OLLAMA_VERSION})
+        return _json({"version": OLLAMA_VERSION}, headers=SWARMD_MARK)
 
     async def tags(self, request: web.Request) -> web.Response:
-        return _json({"models": [self._entry(n, es) for n, es in self._models().items()]})
+        return _json({"models": [self._entry(n, es) for n, es in self._models().items()]},
+                     headers=SWARMD_MARK)
 
     async def ps(self, request: web.Request) -> web.Response:
         out = []
@@ -132,7 +141,7 @@ class OllamaHandlers:
             entry = self._entry(name, engines)
             entry.update({"size_vram": 0, "context_length": 0})
             out.append(entry)
-        return _json({"models": out})
+        return _json({"models": out}, headers=SWARMD_MARK)
 
     async def show(self, request: web.Request) -> web.Response:
         name = None
@@ -284,16 +293,16 @@ def register(app: web.Application, proxy: Exchanger, deps: Any) -> OllamaHandler
 class OllamaServer:
     """Only the Ollama routes, on their own listener (``[api] ollama_listen``).
 
-    The daemon starts it after the API server, sharing its proxy::
-
-        if cfg.api.ollama_listen:
-            ollama = OllamaServer(api.proxy, api.deps)
-            await ollama.start(cfg.api.ollama_listen)
-            cleanups.append(ollama.stop)
+    The daemon starts it after the API server (swarmd/runtime/services.py),
+    sharing its proxy and dependencies; the API's key check, when ``deps``
+    has one (``deps.auth``), guards this port too.
     """
 
     def __init__(self, proxy: Exchanger, deps: Any) -> None:
-        self.app = web.Application(client_max_size=deps.api.max_body_bytes)
+        auth = getattr(deps, "auth", None)
+        middlewares = [auth.middleware] if auth is not None else []
+        self.app = web.Application(client_max_size=deps.api.max_body_bytes,
+                                   middlewares=middlewares)
         register(self.app, proxy, deps)
         self._runner: web.AppRunner | None = None
         self.port = 0

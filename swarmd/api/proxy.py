@@ -47,18 +47,21 @@ committed :class:`Exchange`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from swarmd.api import catalog
-from swarmd.api.errors import ApiError, sse_error_event
+from swarmd.api.auth import PRINCIPAL_KEY, check_model
+from swarmd.api.errors import ApiError
 from swarmd.api.exchange import Exchange
+from swarmd.api.relay import relay
 from swarmd.api.upstream import (
     FORWARDED_HEADERS,
     Deadlines,
@@ -68,7 +71,7 @@ from swarmd.api.upstream import (
     UpstreamError,
     UpstreamResponse,
 )
-from swarmd.api.usage import UsageEvent
+from swarmd.api.usage import Ticket, UsageEvent
 from swarmd.api.validate import ParsedRequest, parse_doc, parse_request
 from swarmd.api.waitqueue import QueueFull, QueueTimeout, WaitQueues
 from swarmd.config import ApiSection, RoutingSection
@@ -121,9 +124,6 @@ QUEUE_GOSSIP_INTERVAL = 0.5
 #: load this node may have caused is taken to be this node's own.
 LOAD_LAG = 3.0
 
-#: Where the API's auth layer leaves who sent a request (``request[PRINCIPAL_KEY]``,
-#: a mapping with e.g. ``key_id``, ``user``, ``project``); read into UsageEvent.
-PRINCIPAL_KEY = "swarmd.principal"
 
 #: Native request for an engine kind: kind -> (path, body) or None (use OpenAI).
 NativeFn = Callable[[str], "tuple[str, bytes] | None"]
@@ -170,6 +170,11 @@ class Proxy:
         #: Hears this node's queue depths per model (coalesced); the daemon
         #: gossips them in the node record as ``queued``.
         self.on_queue_depths: Callable[[dict[str, int]], None] | None = None
+        #: Rate limits and budgets (:mod:`swarmd.api.limits`): called once the
+        #: model is known, before routing; raises ApiError (429) to refuse, or
+        #: returns a ticket settled with the real usage when the exchange closes.
+        self.admission: Callable[[Mapping[str, Any], ParsedRequest],
+                                 Awaitable[Ticket | None]] | None = None
         self.queues: WaitQueues[Exchange] = WaitQueues(
             timeout=routing.queue_timeout, max_waiting=routing.queue_max,
             on_depth=self._queue_depth, on_wait=self._queue_wait)
@@ -204,10 +209,9 @@ class Proxy:
             raw = await self._read_body(request)
             parsed = parse_request(route, raw, self.routing.aliases)
             model = parsed.model
-            ex = await self._open(parsed, request.headers, rid, None, t0)
-            ex.principal = principal
+            ex = await self._open(parsed, request.headers, rid, None, t0, principal)
             try:
-                resp = await self._relay(request, ex, rid)
+                resp = await relay(request, ex, rid, self.stats.count_error)
                 ex.sent_status = resp.status
             finally:
                 await ex.aclose()
@@ -216,7 +220,7 @@ class Proxy:
         except ApiError as err:
             self.stats.count_error(err.code or str(err.status))
             status = err.status
-            self._report_failure(rid, route, model, err.status, t0, principal)
+            self._report_failure(rid, route, model, err.status, t0, principal, err.code or "")
             return err.response({"X-Request-Id": rid})
         except Exception:
             status = 500
@@ -239,23 +243,43 @@ class Proxy:
         model = body.get("model") if isinstance(body.get("model"), str) else ""
         try:
             parsed = parse_doc(route, body, self.routing.aliases)
-            ex = await self._open(parsed, headers or {}, rid, native, t0)
+            ex = await self._open(parsed, headers or {}, rid, native, t0, principal or {})
         except ApiError as err:
             self.stats.count_error(err.code or str(err.status))
-            self._report_failure(rid, route, str(model), err.status, t0, principal or {})
+            self._report_failure(rid, route, str(model), err.status, t0, principal or {},
+                                 err.code or "")
             raise
-        ex.principal = principal or {}
         return ex
 
     # -- routing, queueing and attempts ----------------------------------------------
 
     async def _open(self, p: ParsedRequest, client_headers: Mapping[str, str], rid: str,
-                    native: NativeFn | None, t0: float) -> Exchange:
+                    native: NativeFn | None, t0: float,
+                    principal: Mapping[str, Any]) -> Exchange:
+        denied = check_model(principal, p.model)
+        if denied is not None:
+            raise ApiError(403, denied, type="permission_error", param="model",
+                           code="model_not_allowed")
         snap = self.snapshot()
         if not catalog.known_model(snap, p.model):
             raise ApiError(
                 404, f"The model `{p.requested_model}` does not exist or no node serves it",
                 param="model", code="model_not_found")
+        ticket = await self.admission(principal, p) if self.admission is not None else None
+        if ticket is not None and ticket.raw is not None:
+            p = dataclasses.replace(p, raw=ticket.raw)
+        try:
+            ex = await self._open_admitted(p, client_headers, rid, native, t0)
+        except BaseException:
+            if ticket is not None:
+                ticket.release()
+            raise
+        ex.principal = principal
+        ex.ticket = ticket
+        return ex
+
+    async def _open_admitted(self, p: ParsedRequest, client_headers: Mapping[str, str],
+                             rid: str, native: NativeFn | None, t0: float) -> Exchange:
         api = self.api
         deadlines = Deadlines(api.connect_timeout, api.first_byte_timeout, api.idle_timeout,
                               t0 + api.request_timeout)
@@ -462,9 +486,16 @@ class Proxy:
     # -- usage events ------------------------------------------------------------------------
 
     def _report(self, ex: Exchange) -> None:
+        u = ex.usage
+        if ex.ticket is not None:
+            ticket, ex.ticket = ex.ticket, None
+            try:
+                ticket.settle(u.prompt_tokens if u else 0, u.completion_tokens if u else 0,
+                              u is not None)
+            except Exception:
+                log.exception("settling a request's limits failed")
         if self.on_usage is None:
             return
-        u = ex.usage
         now = time.monotonic()
         status = ex.sent_status if ex.sent_status is not None else (
             ex.status if ex.completed else 499)
@@ -479,10 +510,11 @@ class Proxy:
         self._emit(ev)
 
     def _report_failure(self, rid: str, route: str, model: str, status: int, t0: float,
-                        principal: Mapping[str, Any]) -> None:
+                        principal: Mapping[str, Any], code: str = "") -> None:
         if self.on_usage is not None:
             self._emit(UsageEvent(request_id=rid, route=route, model=model, status=status,
-                                  latency_s=time.monotonic() - t0, principal=principal))
+                                  latency_s=time.monotonic() - t0, principal=principal,
+                                  error_code=code))
 
     def _emit(self, ev: UsageEvent) -> None:
         assert self.on_usage is not None
@@ -517,50 +549,3 @@ class Proxy:
             self.metrics.queue_wait(seconds)
 
     # -- relaying the answer ---------------------------------------------------------------
-
-    async def _relay(self, request: web.Request, ex: Exchange, rid: str) -> web.StreamResponse:
-        resp = web.StreamResponse(status=ex.status)
-        for k, v in ex.headers:
-            resp.headers.add(k, v)
-        resp.headers["X-Request-Id"] = rid
-        resp.headers["X-Swarmd-Node"] = ex.node_id
-        resp.headers["X-Swarmd-Engine"] = ex.engine_id
-        resp.headers["X-Swarmd-Queue-Wait"] = f"{ex.queue_wait:.3f}"
-        ctype = resp.headers.get("Content-Type", "")
-        sse = ctype.startswith("text/event-stream")
-        try:
-            await resp.prepare(request)
-            chunk = await ex.read()
-            while chunk:
-                await resp.write(chunk)
-                chunk = await ex.read()
-        except UpstreamError as exc:
-            code = "upstream_timeout" if exc.kind == "timeout" else "upstream_error"
-            self.stats.count_error("midstream_" + code)
-            log.warning("engine %s on node %s failed mid-response (%s): %s",
-                        ex.engine_id, ex.node_id[-8:], exc.kind, exc.message)
-            if sse:
-                err = ApiError(504 if exc.kind == "timeout" else 502,
-                               f"the engine failed mid-stream: {exc.message}", code=code)
-                try:
-                    await resp.write(sse_error_event(err))
-                except ConnectionError:
-                    pass
-            _close_connection(request)
-            return resp
-        except ConnectionError:
-            # The client went away (closing the exchange cancels the upstream).
-            log.debug("client went away during the answer", extra={"request_id": rid})
-            return resp
-        try:
-            await resp.write_eof()
-        except ConnectionError:
-            pass  # the client closed a finished answer: not an error
-        return resp
-
-
-def _close_connection(request: web.Request) -> None:
-    """End the HTTP exchange abruptly (flushes what was written, then closes)."""
-    transport = request.transport
-    if transport is not None:
-        transport.close()

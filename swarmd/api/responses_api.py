@@ -16,6 +16,17 @@ another node's is fetched over HTTP from the API address it gossips
 within :data:`FETCH_TIMEOUT_S`.  Unknown, expired or unreachable: 404
 ``previous_response_not_found``.  ``instructions`` are not carried over,
 as with OpenAI.
+
+Native pass-through: an engine whose capabilities for the model include
+:data:`RESPONSES_CAPABILITY` serves the Responses API itself; a request that
+does not use swarmd's store (``store: false`` and no
+``previous_response_id``) goes to such an engine as is (``/v1/responses``,
+the model alias resolved) and its answer is relayed unchanged.  The router
+still decides: the translated chat body travels with the native one, and
+the engine kinds of which *every* engine serving the model says it serves
+Responses get the native body (:func:`native_kinds`); any other engine gets
+the translation.  A stored request is always translated, so its id names
+this node and a follow-up on any node finds it.
 """
 
 from __future__ import annotations
@@ -30,14 +41,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from swarmd.api.client_apis import (
+from swarmd.api import catalog
+from swarmd.api.client_common import (
     ClientError,
     Exchanger,
+    Native,
     StreamTranslator,
     answer_json,
     clock,
     engine_error,
     open_exchange,
+    passthrough,
     read_all,
     read_body,
     relay_stream,
@@ -54,6 +68,9 @@ from swarmd.api.translate.common import (
     require_object,
 )
 
+#: The route, and the engine capability saying an engine serves it natively.
+RESPONSES = "/v1/responses"
+RESPONSES_CAPABILITY = "responses"
 #: Seconds a stored response stays retrievable (and usable as previous_response_id).
 STORE_TTL_S = 3600.0
 #: Most responses one node keeps; past it the oldest are dropped.
@@ -114,6 +131,29 @@ def error_response(err: ClientError) -> web.Response:
 def _not_found(resp_id: str, param: str | None = None) -> ClientError:
     return ClientError(404, f"Response with id '{resp_id}' not found.", param,
                        "previous_response_not_found" if param else "not_found")
+
+
+def native_kinds(snapshot: Any, model: str) -> frozenset[str]:
+    """Engine kinds of which every engine serving ``model`` for chat says it serves
+    the Responses API (an engine that says nothing does not)."""
+    ok: dict[str, bool] = {}
+    for e in catalog.engines_of(snapshot):
+        if model in e.models and e.can(model, "chat"):
+            says = RESPONSES_CAPABILITY in (e.caps_of(model) or ())
+            ok[e.kind] = ok.get(e.kind, True) and says
+    return frozenset(k for k, v in ok.items() if v)
+
+
+def native_for(body: JsonObj, model: str, snapshot: Any) -> Native | None:
+    """The pass-through alternative for ``body``, or None when it must be translated
+    (it uses the store, or no engine serving the model serves Responses)."""
+    if body.get("store") is not False or body.get("previous_response_id") is not None:
+        return None
+    kinds = native_kinds(snapshot, model)
+    if not kinds:
+        return None
+    raw = dumps({**body, "model": model})
+    return lambda kind: (RESPONSES, raw) if kind in kinds else None
 
 
 def api_url_of(snapshot: Any, node_id: str) -> str | None:
@@ -185,11 +225,17 @@ class ResponsesHandlers:
                 history = tr.history_of(found[1], found[0])
             mapped = tr.chat_request(body, model, history)
             ex = await open_exchange(self.proxy, "/v1/chat/completions", mapped.body,
-                                     request, rid)
+                                     request, rid,
+                                     native_for(body, model, self.deps.snapshot()))
         except TranslateError as exc:
             return error_response(ClientError.of(exc))
         except ClientError as err:
             return error_response(err)
+        if ex.route == RESPONSES:
+            try:
+                return await passthrough(request, ex, rid)
+            finally:
+                await ex.aclose()
         resp_id = new_id(self.deps.snapshot().node_id)
         created = int(clock()[1])
         store = body.get("store", True) is not False
@@ -257,7 +303,7 @@ class ResponsesHandlers:
 
 def register(app: web.Application, proxy: Exchanger, deps: Any) -> ResponsesHandlers:
     h = ResponsesHandlers(proxy, deps)
-    app.router.add_post("/v1/responses", h.create)
+    app.router.add_post(RESPONSES, h.create)
     app.router.add_get("/v1/responses/{id}", h.retrieve)
     app.router.add_delete("/v1/responses/{id}", h.delete)
     app.router.add_get("/swarmd/responses/{id}", h.internal)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 #: Longest single SSE event buffered while looking for its end (bytes).
 MAX_EVENT = 4 * 1024 * 1024
@@ -263,6 +263,20 @@ def ensure_body_usage(raw: bytes, prompt_tokens: int | None,
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode(), usage
 
 
+class Ticket(Protocol):
+    """An admitted request's hold on its limits (:mod:`swarmd.api.limits`)."""
+
+    #: A rewritten request body to send instead (e.g. ``max_tokens`` capped
+    #: to what the budget holds), or None.
+    raw: bytes | None
+
+    def settle(self, prompt_tokens: int, completion_tokens: int, known: bool) -> None:
+        """The request ended: charge what it used (``known``: the engine said)."""
+
+    def release(self) -> None:
+        """The request never reached an engine: give the hold back."""
+
+
 @dataclass(frozen=True)
 class UsageEvent:
     """One finished request, as the node that received it saw it (the
@@ -283,6 +297,8 @@ class UsageEvent:
     #: Who sent it, as the API's auth layer put it on the request (key id,
     #: user, project); empty when auth is off or not in place.
     principal: Mapping[str, Any] = field(default_factory=dict)
+    #: The error code answered (e.g. ``insufficient_quota``), when it failed.
+    error_code: str = ""
 
 
 class BodyUsage:

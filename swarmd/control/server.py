@@ -151,6 +151,42 @@ class _Handlers:
         await self.provider.drain(body["on"])
         return web.json_response({"ok": True, "draining": body["on"]})
 
+    async def usage(self, request: web.Request) -> web.Response:
+        from swarmd.api.accounting import usage_answer
+
+        acct = getattr(self.provider, "accounting", None)
+        if acct is None:
+            return error_response(503, "usage is not available on this node yet",
+                                  "server_error", "unavailable")
+        status, doc = usage_answer(acct, request.query, None)
+        return web.json_response(doc, status=status)
+
+    async def engines(self, request: web.Request) -> web.Response:
+        mgr = getattr(self.provider, "engine_manager", None)
+        if mgr is None:
+            return error_response(503, "engines are not available on this node yet",
+                                  "server_error", "unavailable")
+        rows = [{"id": e.id, "kind": e.kind, "url": e.url, "healthy": e.healthy,
+                 "models": list(e.models), "error": e.error} for e in mgr.engines()]
+        return web.json_response({"engines": rows})
+
+    async def engine_test(self, request: web.Request) -> web.Response:
+        from swarmd.engines.engine_test import check_engine
+
+        mgr = getattr(self.provider, "engine_manager", None)
+        if mgr is None:
+            return error_response(503, "engines are not available on this node yet",
+                                  "server_error", "unavailable")
+        eid = request.match_info["id"]
+        try:
+            engine = mgr.engine(eid)
+        except KeyError:
+            known = ", ".join(e.id for e in mgr.engines()) or "none"
+            return error_response(404, f"no engine {eid!r} on this node (engines: {known})",
+                                  "not_found_error", "engine_not_found")
+        chat = request.query.get("chat") in ("1", "true")
+        return web.json_response(await check_engine(engine, mgr.http, chat=chat))
+
     async def metrics(self, request: web.Request) -> web.Response:
         from swarmd.metrics import metrics_response
 
@@ -170,6 +206,12 @@ def build_app(provider: ControlProvider, registry: CollectorRegistry | None = No
     from swarmd.control import models_routes  # model store routes (a provider's model_service)
 
     models_routes.register(app, lambda: getattr(provider, "model_service", None), API_PREFIX)
+    from swarmd.api.key_service import register_key_routes  # a provider's key_service
+
+    register_key_routes(app, lambda: getattr(provider, "key_service", None), API_PREFIX)
+    app.router.add_get(f"{API_PREFIX}/usage", h.usage)
+    app.router.add_get(f"{API_PREFIX}/engines", h.engines)
+    app.router.add_post(f"{API_PREFIX}/engines/{{id}}/test", h.engine_test)
     if registry is not None:
         app.router.add_get("/metrics", h.metrics)
     return app

@@ -53,6 +53,19 @@ class Dissemination(MembershipState):
         data = wire.encode_message(wire.User(self.node_id, key, msg_id, bytes(payload), flags))
         self._queue_user(("u", self.node_id, key), data, lazy)
 
+    def send_user(self, to: str, key: str, payload: bytes) -> None:
+        """Send a user message to member ``to`` alone: delivered, never relayed.
+
+        For point-to-point exchanges that ride on membership's admitted,
+        authenticated links (replicated-table sync).  Best effort, like
+        every frame: the caller's protocol must tolerate loss.
+        """
+        msg_id = self._rng.getrandbits(63)
+        data = wire.encode_message(
+            wire.User(self.node_id, key, msg_id, bytes(payload), wire.USER_DIRECT))
+        self.stats["user_direct_out"] += 1
+        self._send(to, [data])
+
     def _queue_user(self, key: tuple[str, str, str], data: bytes, lazy: bool) -> None:
         put, drop = (self._lqueue, self._uqueue) if lazy else (self._uqueue, self._lqueue)
         drop.remove(key)
@@ -254,4 +267,6 @@ class Dissemination(MembershipState):
             return
         self.stats["user_in"] += 1
         self._actions.append(UserMessage(u.origin, u.key, u.payload))
+        if u.flags & wire.USER_DIRECT:
+            return
         self._queue_user(("u", u.origin, u.key), wire.encode_message(u), u.lazy)

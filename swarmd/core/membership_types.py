@@ -160,7 +160,7 @@ _STAT_KEYS = (
     "msgs_in", "msgs_out", "bytes_in", "bytes_out", "dropped_malformed", "dropped_unknown",
     "dropped_misdirected", "probes", "probe_failures", "indirect_probes", "relayed_pings",
     "nacks_sent", "suspicions", "deaths", "refutations", "push_pulls", "record_pulls",
-    "records_applied", "user_in", "gossip_frames", "reaped", "syncs", "probe_hints",
+    "records_applied", "user_in", "user_direct_out", "gossip_frames", "reaped", "syncs", "probe_hints",
     "compressed_frames", "compress_saved_bytes",
     "record_bytes_out",
 )

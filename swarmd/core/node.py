@@ -34,9 +34,11 @@ import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from swarmd.core import load_change
+from swarmd.core.hlc import Hlc
 from swarmd.core.lease import CoordinatorLease, LeaseConfig
 from swarmd.core.lease_gossip import deliver_claim, tick_lease
 from swarmd.core.membership import (
@@ -47,10 +49,22 @@ from swarmd.core.membership import (
     Send,
     UserMessage,
 )
+from swarmd.core.replica import (
+    TABLE_USER_KEY,
+    Broadcast,
+    Changed,
+    Direct,
+    Entry,
+    Replicas,
+    TableSpec,
+)
 from swarmd.core.snapshot import NodeInfo, Snapshot
 
 __all__ = ["Action", "CoordinatorChanged", "NodeMachine", "MemberChanged", "Send",
-           "UserMessage"]
+           "TableChanged", "UserMessage"]
+
+#: Record key holding this node's digest of each replicated table.
+TABLES_KEY = "tables"
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,20 @@ class CoordinatorChanged:
     is_holder: bool
 
 
-Action = Send | MemberChanged | UserMessage | CoordinatorChanged
+@dataclass(frozen=True)
+class TableChanged:
+    """Entries of replicated table ``table`` changed here.
+
+    ``local``: written by this node (or loaded from its disk) rather than
+    learnt from a peer.  The shell persists them and refreshes its views.
+    """
+
+    table: str
+    entries: tuple[Entry, ...]
+    local: bool
+
+
+Action = Send | MemberChanged | UserMessage | CoordinatorChanged | TableChanged
 
 
 class NodeMachine:
@@ -78,6 +105,9 @@ class NodeMachine:
         rng: random.Random,
         record: Mapping[str, Any] | None = None,
         load_heartbeat: float = math.inf,
+        tables: Sequence[TableSpec] = (),
+        wall_offset: float = 0.0,
+        table_sync_interval: float = 3.0,
     ) -> None:
         self.node_id = node_id
         self.name = name
@@ -92,6 +122,15 @@ class NodeMachine:
         self._load_sent: Mapping[str, Any] | None = None
         self._load_sent_at = 0.0
         self._snap_seq = 0
+        self._rng = rng
+        #: Wall-clock seconds minus ``now`` (the shell keeps it current); the
+        #: replicated tables' hybrid logical clock reads wall time through it.
+        self.wall_offset = wall_offset
+        self.replicas = Replicas(node_id, tables, Hlc(node_id), table_sync_interval)
+        self._views: dict[str, Mapping[str, Entry]] = {}
+        if tables:
+            self.record[TABLES_KEY] = self.replicas.digests()
+            self.membership.set_record(dict(self.record), now)
 
     # -- inputs -----------------------------------------------------------
 
@@ -105,7 +144,39 @@ class NodeMachine:
             before = self.lease.current()
             tick_lease(self.lease, self.membership, now)
             self._lease_moved(before)
+        if self.replicas.tables:
+            self.replicas.tick(now, self._peer_digests(), self._rng.choice, self._wall_ms(now))
+            self._replica_actions(now)
         self._collect(now)
+
+    def write_table(self, table: str, key: str, value: Any, now: float) -> Entry:
+        """Write (``value=None``: delete) an entry of a replicated table and spread it."""
+        e = self.replicas.write(table, key, value, self._wall_ms(now))
+        self._replica_actions(now)
+        self._collect(now)
+        return e
+
+    def write_table_many(self, table: str, items: Iterable[tuple[str, Any]],
+                         now: float) -> None:
+        """Write several entries of one table as a single delta."""
+        self.replicas.write_many(table, items, self._wall_ms(now))
+        self._replica_actions(now)
+        self._collect(now)
+
+    def load_table(self, table: str, raw_entries: Iterable[Any], now: float) -> int:
+        """Merge entries this node persisted earlier (anti-entropy spreads them)."""
+        n = self.replicas.load(table, raw_entries, self._wall_ms(now))
+        self._replica_actions(now)
+        self._collect(now)
+        return n
+
+    def table(self, name: str) -> Mapping[str, Entry]:
+        """A read-only copy of a table's entries (tombstones included), cached until it changes."""
+        view = self._views.get(name)
+        if view is None:
+            view = self._views[name] = MappingProxyType(
+                {e.key: e for e in self.replicas.tables[name].entries()})
+        return view
 
     def hint_unreachable(self, peer_id: str, now: float) -> None:
         """The transport lost its connection to ``peer_id`` (probe it now)."""
@@ -186,6 +257,8 @@ class NodeMachine:
         d = self.membership.next_deadline()
         if self.lease is not None:
             d = min(d, self.lease.next_deadline())
+        if self.replicas.tables:
+            d = min(d, self.replicas.next_deadline())
         return d
 
     @property
@@ -233,6 +306,7 @@ class NodeMachine:
             stats=all_stats,
             seq=self._snap_seq,
             health_score=self.membership.health,
+            tables={name: self.table(name) for name in self.replicas.tables},
         )
 
     # -- internals --------------------------------------------------------
@@ -244,10 +318,50 @@ class NodeMachine:
             self._outbox.append(CoordinatorChanged(before, after, self.lease.is_holder()))
 
     def _collect(self, now: float) -> None:
-        """Move membership's actions to the outbox, consuming lease claims on the way."""
+        """Move membership's actions to the outbox, consuming lease and table messages."""
+        table_msgs = False
         for action in self.membership.drain():
-            if isinstance(action, UserMessage) and self.lease is not None:
-                before = self.lease.current()
-                if deliver_claim(self.lease, action, now):
-                    self._lease_moved(before)
+            if isinstance(action, UserMessage):
+                if action.key == TABLE_USER_KEY or action.key.startswith(TABLE_USER_KEY + ":"):
+                    if self.replicas.tables:
+                        self.replicas.receive(action.sender, action.payload, self._wall_ms(now))
+                        table_msgs = True
+                    continue
+                if self.lease is not None:
+                    before = self.lease.current()
+                    if deliver_claim(self.lease, action, now):
+                        self._lease_moved(before)
             self._outbox.append(action)
+        if table_msgs:
+            self._replica_actions(now)
+            self._collect(now)
+
+    def _wall_ms(self, now: float) -> int:
+        return int((now + self.wall_offset) * 1000)
+
+    def _peer_digests(self) -> dict[str, Mapping[str, Any]]:
+        out: dict[str, Mapping[str, Any]] = {}
+        for m in self.membership.members():
+            if m.state is MemberState.ALIVE and m.node_id != self.node_id:
+                d = m.record.get(TABLES_KEY)
+                if isinstance(d, Mapping):
+                    out[m.node_id] = d
+        return out
+
+    def _replica_actions(self, now: float) -> None:
+        """Carry the tables' actions into membership and the outbox."""
+        changed = False
+        for a in self.replicas.drain():
+            if isinstance(a, Broadcast):
+                self.membership.broadcast(a.key, a.payload)
+            elif isinstance(a, Direct):
+                self.membership.send_user(a.to, TABLE_USER_KEY, a.payload)
+            elif isinstance(a, Changed):
+                changed = True
+                self._views.pop(a.table, None)
+                self._outbox.append(TableChanged(a.table, a.entries, a.local))
+        if changed:
+            digests = self.replicas.digests()
+            if self.record.get(TABLES_KEY) != digests:
+                self.record[TABLES_KEY] = digests
+                self.membership.set_record(dict(self.record), now)

@@ -50,6 +50,10 @@ class Snapshot:
     #: point stretches this node's probe interval by one more interval
     #: because its own probes and nacks came back late.
     health_score: int = 0
+    #: Replicated tables (:mod:`swarmd.core.replica`): name -> key -> Entry,
+    #: tombstones included; read-only mappings shared between snapshots until
+    #: the table changes.
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def alive(self) -> list[NodeInfo]:
         return [n for n in self.nodes if n.state == "alive"]

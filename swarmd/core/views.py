@@ -14,7 +14,7 @@ fields, never as an error.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from swarmd.core.record import CAPABILITIES, EngineEntry
 from swarmd.core.snapshot import NodeInfo, Snapshot
@@ -52,6 +52,8 @@ class StatusDoc(TypedDict):
     health_score: int
     nodes: list[NodeDoc]
     stats: dict[str, int]
+    #: SHA-256 of the API port's TLS certificate, when it serves TLS.
+    api_tls_fingerprint: NotRequired[str]
 
 
 class EngineDoc(TypedDict, total=False):

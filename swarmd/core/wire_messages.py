@@ -196,6 +196,8 @@ class PushPull:
 #: anyway (probes, acks, gossip rounds started by other news) and never start
 #: a gossip round for it: periodic, non-urgent news such as lease renewals.
 USER_LAZY = 1
+#: Sent to one member by :meth:`Membership.send_user`; the receiver never relays it.
+USER_DIRECT = 2
 
 
 @dataclass(frozen=True)

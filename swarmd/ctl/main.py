@@ -21,7 +21,19 @@ from pathlib import Path
 from types import ModuleType
 
 from swarmd.control.client import ControlClient, ControlError
-from swarmd.ctl import drain, join, leave, models, nodes, pull, rm, status
+from swarmd.ctl import (
+    drain,
+    engines,
+    join,
+    keys,
+    leave,
+    models,
+    nodes,
+    pull,
+    rm,
+    status,
+    usage,
+)
 
 COMMANDS: dict[str, ModuleType] = {
     "status": status,
@@ -32,6 +44,9 @@ COMMANDS: dict[str, ModuleType] = {
     "drain": drain,
     "pull": pull,
     "rm": rm,
+    "keys": keys,
+    "engines": engines,
+    "usage": usage,
 }
 
 

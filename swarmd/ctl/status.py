@@ -34,6 +34,9 @@ def header(doc: StatusDoc) -> str:
     health = doc.get("health_score")
     if isinstance(health, int) and health > 0:
         out += f"   local health: {health} (probing slowed {health + 1}x)"
+    fp = doc.get("api_tls_fingerprint")
+    if fp:
+        out += f"\nAPI TLS certificate: {fp}"
     return out
 
 

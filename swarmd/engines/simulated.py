@@ -135,6 +135,9 @@ class SimulatedEngine:
     """One simulated engine server.  Use :func:`start_simulated_engine` or
     :meth:`app` with any aiohttp runner."""
 
+    #: Cancel a request's handler when its client disconnects (:meth:`start`).
+    cancel_on_disconnect = False
+
     def __init__(self, config: SimConfig) -> None:
         if not config.models:
             raise ValueError("the simulated engine needs at least one model")
@@ -159,6 +162,11 @@ class SimulatedEngine:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.add_routes(app)
+        return app
+
+    def add_routes(self, app: web.Application) -> None:
+        """The engine's routes, on ``app`` (so a subclass can build its own app)."""
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
@@ -166,10 +174,10 @@ class SimulatedEngine:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
-        return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> SimulatedEngine:
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                               handler_cancellation=self.cancel_on_disconnect)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
@@ -361,7 +369,7 @@ class SimulatedEngine:
         if messages is not None:
             reply = {"role": "assistant", "content": "".join(words)}
             self._remember(messages, [*messages, reply])
-        if doc.get("stream") is True:
+        if self._streams(request, doc):
             opts = doc.get("stream_options")
             include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -375,31 +383,27 @@ class SimulatedEngine:
             def chunk(choice: dict[str, Any]) -> bytes:
                 return _sse({**base, "choices": [{"index": 0, **choice}]})
 
+            # (token index or None, bytes): token i is not sent before it is due.
+            events: list[tuple[int | None, bytes]] = []
             if chat:
-                await resp.write(chunk({"delta": {"role": "assistant", "content": ""},
-                                        "logprobs": None, "finish_reason": None}))
-            buf = b""
+                events.append((None, chunk({"delta": {"role": "assistant", "content": ""},
+                                            "logprobs": None, "finish_reason": None})))
             for i, w in enumerate(words):
-                if self.config.tps > 0 or (i == 0 and ttft > 0):
-                    if buf:
-                        await resp.write(buf)
-                        buf = b""
-                    await self._pace(start, ttft, i)
-                if chat:
-                    buf += chunk({"delta": {"content": w}, "logprobs": None,
-                                  "finish_reason": None})
-                else:
-                    buf += chunk({"text": w, "logprobs": None, "finish_reason": None})
-            if not words:
-                await self._pace(start, ttft, 0)
+                events.append((i, chunk({"delta": {"content": w}, "logprobs": None,
+                                         "finish_reason": None}) if chat else
+                               chunk({"text": w, "logprobs": None, "finish_reason": None})))
+            # with no token, the end waits for the first token's time
+            end = None if words else 0
             if chat:
-                buf += chunk({"delta": {}, "logprobs": None, "finish_reason": finish})
+                events.append((end, chunk({"delta": {}, "logprobs": None,
+                                           "finish_reason": finish})))
             else:
-                buf += chunk({"text": "", "logprobs": None, "finish_reason": finish})
+                events.append((end, chunk({"text": "", "logprobs": None,
+                                           "finish_reason": finish})))
             if include_usage:
-                buf += _sse({**base, "choices": [], "usage": usage})
-            await resp.write(buf + DONE)
-            await resp.write_eof()
+                events.append((None, _sse({**base, "choices": [], "usage": usage})))
+            events.append((None, DONE))
+            await self._write_stream(request, resp, events, start, ttft)
             return resp
         await self._pace(start, ttft, max(n - 1, 0))
         text = "".join(words)
@@ -414,6 +418,26 @@ class SimulatedEngine:
         return web.json_response({"id": cid, "object": kind, "created": created,
                                   "model": model, "choices": [choice], "usage": usage},
                                  dumps=lambda o: _dumps(o).decode())
+
+    def _streams(self, request: web.Request, doc: dict[str, Any]) -> bool:
+        """Whether to answer ``doc`` as an SSE stream."""
+        return doc.get("stream") is True
+
+    async def _write_stream(self, request: web.Request, resp: web.StreamResponse,
+                            events: list[tuple[int | None, bytes]], start: float,
+                            ttft: float) -> None:
+        """Write the stream's events, each token at its time; events with nothing to
+        wait for between them go out in one write."""
+        buf = b""
+        for tok, data in events:
+            if tok is not None and (self.config.tps > 0 or (tok == 0 and ttft > 0)):
+                if buf:
+                    await resp.write(buf)
+                    buf = b""
+                await self._pace(start, ttft, tok)
+            buf += data
+        await resp.write(buf)
+        await resp.write_eof()
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, "/v1/chat/completions")
@@ -502,7 +526,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     engine = SimulatedEngine(cfg)
     print(f"swarmd simulated engine on http://{host}:{port} serving {', '.join(cfg.models)}",
           flush=True)
-    web.run_app(engine.app(), host=host, port=port, access_log=None, print=None)
+    web.run_app(engine.app(), host=host, port=port, access_log=None, print=None,
+                backlog=2048)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,24 @@ import hashlib
 import json
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
 
 from swarmd.models.fsutil import atomic_write, fsync_dir
 from swarmd.models.manifest import CHUNK_SIZE, chunk_count
 
-if TYPE_CHECKING:
-    from swarmd.models.store import ModelStore
+
+class BlobStore(Protocol):
+    """What a partial blob needs of :class:`swarmd.models.store.ModelStore`
+    (a Protocol, so this module need not import the store that imports it)."""
+
+    root: Path
+
+    def blob_file(self, digest: str) -> Path: ...
+    def pin(self, digests: Iterable[str]) -> None: ...
+    def write_chunk_list(self, digest: str, chunks: list[str]) -> None: ...
+
 
 READ_STEP = 4 * 1024 * 1024
 
@@ -47,7 +58,7 @@ class DigestMismatch(ValueError):
 
 
 class PartialBlob:
-    def __init__(self, store: ModelStore, key: str, size: int, sha256: str | None) -> None:
+    def __init__(self, store: BlobStore, key: str, size: int, sha256: str | None) -> None:
         self.store = store
         self.key = key
         self.size = size

@@ -98,8 +98,9 @@ async def serve(cfg: Config, identity: Identity, secret: bytes) -> None:
     gate = ForwardGate()
     p2p.set_handler(PROTOCOL_ID, gate.handle)
     ports = NodePorts(snapshot=box.get, update_record=node.update_record,
-                      request_stop=node.request_stop, opener=SnapshotOpener(p2p, box),
-                      secret=secret)
+                      request_stop=node.request_stop, write_table=node.write_table,
+                      write_table_many=node.write_table_many,
+                      opener=SnapshotOpener(p2p, box), secret=secret)
 
     async def start_http(bridge: Bridge) -> Started:
         return await start_services(cfg, ports, bridge)

@@ -45,7 +45,6 @@ engine call; the client applies the same ones to the frames it waits for.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -298,101 +297,6 @@ class ForwardClient:
 def _upstream_error(err: fw.Error) -> UpstreamError:
     return UpstreamError(from_wire(err.code), err.message or err.code,
                          retry_after=err.retry_after, status=err.status)
-
-
-class _RemoteResponse:
-    def __init__(self, head: fw.Head, pending: list[fw.Frame], chan: Channel[fw.Frame],
-                 task: asyncio.Future[None], deadlines: Deadlines) -> None:
-        self.status = head.status
-        self.headers = head.headers
-        self._pending = deque(pending)
-        self._chan = chan
-        self._task = task
-        self._deadlines = deadlines
-        self._done = False
-
-    async def read(self) -> bytes:
-        if self._done:
-            return b""
-        if not self._pending:
-            try:
-                async with asyncio.timeout(self._deadlines.cap(self._deadlines.idle) + 1.0):
-                    self._pending.extend(await self._chan.receive_batch())
-            except TimeoutError:
-                raise UpstreamError("timeout", "the remote node went silent") from None
-            except ChannelClosed:
-                raise UpstreamError("upstream", "the forward ended without End") from None
-        out: list[bytes] = []
-        while self._pending:
-            frame = self._pending[0]
-            if isinstance(frame, fw.Data):
-                out.append(frame.data)
-                self._pending.popleft()
-                continue
-            if out:
-                break  # deliver the data first; the terminal frame next time
-            self._pending.popleft()
-            self._done = True
-            if isinstance(frame, fw.Error):
-                raise _upstream_error(frame)
-            return b""  # End
-        return b"".join(out)
-
-    async def aclose(self) -> None:
-        if not self._task.done():
-            if self._done:
-                # Complete: let the trio side put the stream back in the pool.
-                try:
-                    async with asyncio.timeout(2.0):
-                        await asyncio.shield(self._task)
-                except BaseException:
-                    pass
-            if not self._task.done():
-                self._task.cancel()  # mid-response: Cancel + reset on the trio side
-                await asyncio.gather(self._task, return_exceptions=True)
-        self._chan.abort(ConnectionResetError("response closed"))
-
-
-class BridgedForwarder:
-    """The API's ``Forwarder``: runs :class:`ForwardClient` in trio via the bridge."""
-
-    def __init__(self, bridge: Bridge, client: ForwardClient) -> None:
-        self.bridge = bridge
-        self.client = client
-
-    async def open(self, node_id: str, engine_id: str, req: ProxyRequest,
-                   deadlines: Deadlines) -> _RemoteResponse:
-        left = deadlines.left()
-        if left <= 0:
-            raise UpstreamError("timeout", "request deadline passed")
-        request = fw.Request(
-            route=req.route, method=req.method, engine=engine_id, model=req.model,
-            headers=req.headers, timeout=left, first_byte=deadlines.first_byte,
-            idle=deadlines.idle, request_id=req.request_id,
-        )
-        chan: Channel[fw.Frame] = self.bridge.channel_to_asyncio(CHANNEL_ITEMS)
-        task = asyncio.ensure_future(
-            self.bridge.to_trio(self.client.forward, node_id, request, req.body, chan))
-        try:
-            async with asyncio.timeout(deadlines.cap(deadlines.connect + deadlines.first_byte)
-                                       + 1.0):
-                batch = await chan.receive_batch()
-        except BaseException as exc:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            chan.abort(ConnectionResetError("forward abandoned"))
-            if isinstance(exc, TimeoutError):
-                raise UpstreamError("timeout", "no answer from the remote node") from None
-            if isinstance(exc, ChannelClosed):
-                raise UpstreamError("upstream", "the forward ended without an answer") from None
-            raise
-        first = batch[0]
-        if isinstance(first, fw.Head):
-            return _RemoteResponse(first, batch[1:], chan, task, deadlines)
-        await asyncio.gather(task, return_exceptions=True)
-        if isinstance(first, fw.Error):
-            raise _upstream_error(first)
-        raise UpstreamError("upstream", f"unexpected {type(first).__name__} from the forward")
 
 
 # -- server side (trio) --------------------------------------------------------------------

@@ -42,12 +42,15 @@ from swarmd.config import Config, membership_config
 from swarmd.core.addrs import parse_seed
 from swarmd.core.lease import LeaseConfig
 from swarmd.core.membership import MemberChanged, MemberState, Send
-from swarmd.core.node import CoordinatorChanged, NodeMachine
+from swarmd.core.node import CoordinatorChanged, NodeMachine, TableChanged
 from swarmd.core.record import self_record
+from swarmd.core.replica import Entry
 from swarmd.core.snapshot import Snapshot, SnapshotBox
+from swarmd.core.tables import swarm_tables
 from swarmd.hw import capabilities as hw_caps
 from swarmd.hw import load as hw_load
 from swarmd.log import kv
+from swarmd.runtime.table_store import SAVE_DELAY, TableStore
 
 log = logging.getLogger("swarmd.node")
 
@@ -91,6 +94,10 @@ class Node:
         self.machine: NodeMachine | None = None
         self._wake = trio.Event()
         self._stop = trio.Event()
+        self.table_store = TableStore(cfg.node.data_dir / "tables")
+        self._dirty: set[str] = set()
+        self._dirty_local = False
+        self._save_wake = trio.Event()
 
     # -- inputs (trio thread) -------------------------------------------------
 
@@ -102,6 +109,20 @@ class Node:
         """Merge ``changes`` into our gossiped record (trio thread; see request_stop)."""
         if self.machine is not None:
             self.machine.update_record(dict(changes), self._now())
+            self._after_input()
+
+    async def write_table(self, table: str, key: str, value: Any) -> Entry:
+        """Write an entry of a replicated table (trio thread; the API side calls it
+        through the bridge).  Returns the entry as stored (a revoked key stays revoked)."""
+        assert self.machine is not None
+        e = self.machine.write_table(table, key, value, self._now())
+        self._after_input()
+        return e
+
+    def write_table_many(self, table: str, items: list[tuple[str, Any]]) -> None:
+        """Write several entries as one delta (trio thread; counters flushed together)."""
+        if self.machine is not None:
+            self.machine.write_table_many(table, items, self._now())
             self._after_input()
 
     def on_frame(self, sender: str, frame: bytes) -> None:
@@ -142,6 +163,11 @@ class Node:
                                   inc=action.view.incarnation))
                 if action.new in (MemberState.DEAD, MemberState.LEFT):
                     self.transport.disconnect(action.node_id)
+            elif isinstance(action, TableChanged):
+                changed = True
+                self._dirty.add(action.table)
+                self._dirty_local = self._dirty_local or action.local
+                self._save_wake.set()
             elif isinstance(action, CoordinatorChanged):
                 changed = True
                 cur, before = action.after, action.before
@@ -186,7 +212,17 @@ class Node:
             record=self_record(name=self.cfg.node.name, addrs=addrs,
                                started=self.started_wall, api=self.cfg.api.listen, caps=caps),
             load_heartbeat=self.cfg.membership.load_heartbeat,
+            tables=swarm_tables(),
+            wall_offset=time.time() - now,
         )
+        for name in self.machine.replicas.tables:
+            raw = await trio.to_thread.run_sync(self.table_store.load, name)
+            if raw:
+                n = self.machine.load_table(name, raw, self._now())
+                log.info("table loaded", extra=kv(table=name, entries=n))
+        self._flush()
+        self._dirty.clear()  # what was just loaded is on disk already
+        self._dirty_local = False
         self._publish()
 
     async def run(self) -> None:
@@ -197,12 +233,14 @@ class Node:
             nursery.start_soon(self._seeds)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._reconnect)
+            nursery.start_soon(self._saver)
             if self.cfg.p2p.mdns:
                 nursery.start_soon(self._discovery)
             await self._stop.wait()
             _arm_stop_watchdog(self.cfg.node.stop_timeout)
             await self._leave()
             nursery.cancel_scope.cancel()
+        await self._save_tables()
 
     async def _drive(self) -> None:
         assert self.machine is not None
@@ -213,12 +251,30 @@ class Node:
             with trio.move_on_at(max(deadline, self._now() + 0.001)):
                 await self._wake.wait()
 
+    async def _save_tables(self) -> None:
+        if self.machine is None or not self._dirty:
+            return
+        names, self._dirty = set(self._dirty), set()
+        self._dirty_local = False
+        tables = {n: self.machine.table(n) for n in names}
+        await trio.to_thread.run_sync(self.table_store.save_all, tables, names)
+
+    async def _saver(self) -> None:
+        """Persist changed tables: our own changes at once, peers' at most every SAVE_DELAY."""
+        while True:
+            await self._save_wake.wait()
+            self._save_wake = trio.Event()
+            if not self._dirty_local:
+                await trio.sleep(SAVE_DELAY)
+            await self._save_tables()
+
     async def _refresh(self) -> None:
         """Publish snapshots for ages, and offer our load to the machine."""
         assert self.machine is not None
         next_load = 0.0
         while True:
             now = self._now()
+            self.machine.wall_offset = time.time() - now
             if now >= next_load:
                 load = await trio.to_thread.run_sync(hw_load)
                 if self.machine.offer_load(load, self._now()):

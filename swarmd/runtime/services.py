@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from swarmd.api.accounting import Accounting
 from swarmd.api.app import ApiDeps, ApiServer
+from swarmd.api.key_service import KeyService
+from swarmd.api.ollama_api import OllamaServer
+from swarmd.api.tls import server_context
 from swarmd.config import Config
 from swarmd.control.server import start_control_server
+from swarmd.core.replica import Entry
 from swarmd.core.snapshot import Snapshot
 from swarmd.core.views import ModelsDoc, StatusDoc, models_view, status_view
 from swarmd.engines.manager import EngineManager
@@ -34,12 +39,13 @@ from swarmd.metrics import SwarmCollector, new_registry
 from swarmd.models.service import ModelService
 from swarmd.runtime.bridge import Bridge
 from swarmd.runtime.forward import (
-    BridgedForwarder,
     ForwardClient,
     ForwardServer,
     ForwardTimeouts,
     StreamOpener,
 )
+from swarmd.runtime.forward_remote import BridgedForwarder
+from swarmd.runtime.keys_usage import KeysAndUsage
 
 log = logging.getLogger("swarmd.services")
 
@@ -54,6 +60,10 @@ class NodePorts:
     update_record: Callable[[Mapping[str, Any]], None]
     #: Trio-thread call: leave the swarm and stop.
     request_stop: Callable[[], None]
+    #: Trio-thread coroutine: write an entry of a replicated table (keys).
+    write_table: Callable[[str, str, Any], Awaitable[Entry]]
+    #: Trio-thread call: write several entries as one delta (usage counters).
+    write_table_many: Callable[[str, list[tuple[str, Any]]], None]
     #: Trio-side stream opener (the forward client runs in trio).
     opener: StreamOpener
     #: The swarm secret, for join lines.
@@ -76,9 +86,16 @@ class ControlProviderImpl:
         self.ports = ports
         self.bridge = bridge
         self.model_service: ModelService | None = None
+        self.key_service: KeyService | None = None
+        self.accounting: Accounting | None = None
+        self.api_tls_fingerprint: str | None = None
+        self.engine_manager: EngineManager | None = None
 
     def status(self) -> StatusDoc:
-        return status_view(self.ports.snapshot())
+        doc = status_view(self.ports.snapshot())
+        if self.api_tls_fingerprint:
+            doc["api_tls_fingerprint"] = self.api_tls_fingerprint
+        return doc
 
     async def leave(self) -> None:
         self.bridge.call_trio_soon(self.ports.request_stop)
@@ -132,23 +149,40 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
         client = ForwardClient(ports.opener, timeouts)
         collector = SwarmCollector(ports.snapshot, engines=engines.engines)
         registry, request_metrics = new_registry(collector)
+        ku = await KeysAndUsage.build(cfg, bridge, snapshot=ports.snapshot,
+                                      write_table=ports.write_table,
+                                      write_table_many=ports.write_table_many,
+                                      update_record=ports.update_record,
+                                      metrics=request_metrics)
+        cleanups.append(ku.stop)
         api = ApiServer(
             ApiDeps(
+                auth=ku.auth,
+                keys=ku.keys,
+                accounting=ku.accounting,
                 api=cfg.api,
                 routing=cfg.routing,
                 snapshot=ports.snapshot,
                 local=engines,
-                remote=BridgedForwarder(bridge, client),
+                remote=BridgedForwarder(bridge, client, alive=lambda node_id: any(
+                    n.node_id == node_id for n in ports.snapshot().alive())),
                 session=session,
                 registry=registry,
                 metrics=request_metrics,
             )
         )
-        await api.start()
+        ssl_ctx, fingerprint = await asyncio.to_thread(
+            server_context, cfg.api, cfg.node.data_dir, cfg.node.name)
+        await api.start(ssl_context=ssl_ctx)
         cleanups.append(api.stop)
+        if cfg.api.ollama_listen:  # Ollama's API on its own port too (same proxy)
+            ollama = OllamaServer(api.proxy, api.deps)
+            await ollama.start(cfg.api.ollama_listen)
+            cleanups.append(ollama.stop)
         server = ForwardServer(bridge, api.proxy.open_local, timeouts)
         started.forward_server = server
         proxy = api.proxy
+        ku.attach(proxy)
         # Queue depths ride in the record as load (coalesced by the proxy).
         proxy.on_queue_depths = lambda depths: bridge.call_trio_soon(
             ports.update_record, {"queued": depths})
@@ -161,7 +195,11 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
         })
 
         provider = ControlProviderImpl(ports, bridge)
+        provider.api_tls_fingerprint = fingerprint
         provider.model_service = models  # the control API's /v1/store routes
+        provider.key_service = ku.keys  # /v1/keys
+        provider.engine_manager = engines  # /v1/engines
+        provider.accounting = ku.accounting  # /v1/usage
         control = await start_control_server(cfg.control.socket, provider, registry)
         cleanups.append(control.stop)
     except BaseException:

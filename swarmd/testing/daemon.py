@@ -32,6 +32,9 @@ def _toml_list(items: Sequence[str]) -> str:
 
 
 class Daemon:
+    """One real daemon with a generated config: ``api_toml`` adds keys to its
+    ``[api]`` table, ``extra_toml`` whole tables at the end (``[[engines]]``, ...)."""
+
     def __init__(
         self,
         root: Path,
@@ -45,6 +48,7 @@ class Daemon:
         mdns: bool = False,
         profile: str = "local",
         extra_toml: str = "",
+        api_toml: str = "",
         netns: str | None = None,
         log_level: str = "info",
     ) -> None:
@@ -72,6 +76,7 @@ secret = "{secret}"
 profile = "{profile}"
 [api]
 listen = "{host}:{self.api_port}"
+{api_toml}
 [control]
 socket = {json.dumps(str(self.socket))}
 [local_engines]

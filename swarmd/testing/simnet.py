@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from swarmd.core.lease import CoordinatorLease, LeaseConfig
@@ -37,6 +37,7 @@ from swarmd.core.membership import (
     UserMessage,
 )
 from swarmd.core.node import NodeMachine
+from swarmd.core.replica import TableSpec
 
 _DELIVER = 0
 _WAKE = 1
@@ -72,6 +73,8 @@ class SimNet:
     def __init__(self, seed: int = 0, *, delay: float = 0.002, jitter: float = 0.002,
                  loss: float = 0.0, keep_changes: bool = True) -> None:
         self.now = 0.0
+        #: Wall-clock seconds at virtual time 0 (the tables' clocks read now + this).
+        self.wall_offset = 1_800_000_000.0
         self.rng = random.Random(seed)
         self.delay = delay
         self.jitter = jitter
@@ -93,11 +96,12 @@ class SimNet:
     def add(self, node_id: str, config: MembershipConfig, *,
             record: Mapping[str, Any] | None = None,
             lease: LeaseConfig | None = None, name: str | None = None,
-            addr: str | None = None) -> SimNode:
+            addr: str | None = None, tables: Sequence[TableSpec] = ()) -> SimNode:
         addr = addr or f"/sim/{node_id}"
         machine = NodeMachine(node_id=node_id, name=name or node_id, addrs=[addr],
                               membership=config, lease=lease, now=self.now,
-                              rng=random.Random(self.rng.getrandbits(64)), record=record)
+                              rng=random.Random(self.rng.getrandbits(64)), record=record,
+                              tables=tables, wall_offset=self.wall_offset)
         node = SimNode(self, node_id, machine)
         self.nodes[node_id] = node
         self.addr_of[addr] = node_id
@@ -122,11 +126,12 @@ class SimNet:
 
     def restart(self, node_id: str, config: MembershipConfig, *,
                 record: Mapping[str, Any] | None = None,
-                lease: LeaseConfig | None = None) -> SimNode:
+                lease: LeaseConfig | None = None,
+                tables: Sequence[TableSpec] = ()) -> SimNode:
         """A fresh instance with the same id (incarnation 0, empty view)."""
         old = self.nodes.pop(node_id)
         old.up = False
-        return self.add(node_id, config, record=record, lease=lease)
+        return self.add(node_id, config, record=record, lease=lease, tables=tables)
 
     def partition(self, *groups: Iterable[str]) -> None:
         self.group = {}

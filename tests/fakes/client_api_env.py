@@ -1,12 +1,14 @@
 """One node's API in-process, in front of real engine servers on 127.0.0.1.
 
-The engines are swarmd's SIMULATED engine (kind ``simulated``, model
-``sim-model``) and the Ollama-speaking simulated engine of
-:mod:`tests.fakes.ollama_sim` (kind ``ollama``, models ``sim-llama:latest`` and
+The engines are the testing kit's simulated engine (:mod:`swarmd.testing.sim_engine`,
+kind ``simulated``, model ``sim-model``) and the Ollama-speaking simulated engine of
+:mod:`swarmd.testing.ollama_sim` (kind ``ollama``, models ``sim-llama:latest`` and
 ``sim-embed:latest``), and a second instance of that one registered as kind
 ``openai`` (model ``sim-tools``: translated requests, simulated tool calls),
 polled by the real :class:`EngineManager`; the API is
 the real :class:`ApiServer`.  Nothing is mocked: requests cross real HTTP.
+``ollama_version`` is what the Ollama-speaking engine says it is (from 0.13.3
+it serves ``/v1/responses`` and the plugin says so in its capabilities).
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ from swarmd.config import ApiSection, RoutingSection
 from swarmd.core.routing import Router
 from swarmd.engines.base import EngineSpec
 from swarmd.engines.manager import EngineManager
-from swarmd.engines.simulated import SimulatedEngine, start_simulated_engine
+from swarmd.testing.ollama_sim import OllamaSim
+from swarmd.testing.sim_engine import SimEngine, start_sim_engine
 from swarmd.testing.swarm_snapshot import snapshot
-from tests.fakes.ollama_sim import OllamaSim
 
 
 @dataclass
 class Env:
     server: ApiServer
-    sim: SimulatedEngine
+    sim: SimEngine
     ollama: OllamaSim
     tools: OllamaSim
     http: aiohttp.ClientSession
@@ -65,9 +67,10 @@ class Env:
 
 
 @asynccontextmanager
-async def env(*, aliases: dict[str, str] | None = None) -> AsyncIterator[Env]:
-    sim = await start_simulated_engine(model="sim-model", max_tokens=8)
-    ollama = await OllamaSim(max_tokens=8).start()
+async def env(*, aliases: dict[str, str] | None = None,
+              ollama_version: str = "0.9.0") -> AsyncIterator[Env]:
+    sim = await start_sim_engine("sim", "sim-model", max_tokens=8)
+    ollama = await OllamaSim(max_tokens=8, version=ollama_version).start()
     tools = await OllamaSim(models=("sim-tools",), max_tokens=8).start()
     http = aiohttp.ClientSession()
     manager = EngineManager([EngineSpec(kind="simulated", url=sim.url, id="sim"),

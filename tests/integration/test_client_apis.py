@@ -2,7 +2,7 @@
 
 Node ``a`` has no engine; node ``b`` fronts a real llama.cpp server
 (llama-cpp-python on the Gemma 3 270M model, ``--chat_format gemma``, model
-id ``gemma3``) and an Ollama-speaking SIMULATED engine (tests/fakes/ollama_sim.py,
+id ``gemma3``) and an Ollama-speaking SIMULATED engine (swarmd/testing/ollama_sim.py,
 kind ``ollama``: ``sim-llama:latest``, ``sim-embed:latest``).  Every request
 goes to ``a`` (so through the forward protocol to ``b``) except the
 Responses follow-up, which goes to ``b`` with a ``previous_response_id``
@@ -10,6 +10,9 @@ that ``a`` stored.  Clients: ``ollama``, ``anthropic``, ``openai``
 (``responses``) and LangChain's ``ChatOpenAI``.  Generations are short
 (at most 16 tokens) to keep CI time down; the model's words are not
 asserted, only structure and counts.
+
+``[api] ollama_listen`` is checked on one node with only the simulated
+Ollama engine (no llama.cpp needed).
 """
 
 from __future__ import annotations
@@ -19,21 +22,19 @@ import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from swarmd.testing.daemon import Daemon, wait_for
-from tests.fakes.hub_servers import gemma_gguf
-from tests.fakes.llama_server import SKIP_REASON, llama_available, start
-from tests.fakes.ollama_sim import OllamaSim, ollama_sim_thread
+from swarmd.testing.daemon import Daemon, free_port, wait_for
+from swarmd.testing.hub_servers import gemma_gguf
+from swarmd.testing.llama_server import SKIP_REASON, llama_available, start
+from swarmd.testing.ollama_sim import OllamaSim, ollama_sim_thread
 
-pytestmark = [
-    pytest.mark.llama,
-    pytest.mark.integration,
-    pytest.mark.skipif(not llama_available(), reason=SKIP_REASON),
-    pytest.mark.timeout(600),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+#: The tests on the llama.cpp pair.
+needs_llama = pytest.mark.skipif(not llama_available(), reason=SKIP_REASON)
 
 MODEL = "gemma3"
 WEATHER_SCHEMA = {"type": "object", "required": ["city"],
@@ -71,6 +72,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                     d.kill()
 
 
+@pytest.mark.llama
+@needs_llama
 def test_ollama_client(pair: Pair) -> None:
     import ollama
 
@@ -103,6 +106,8 @@ def test_ollama_client(pair: Pair) -> None:
     assert len(emb.embeddings) == 2 and pair.sim.native_requests[-1][0] == "/api/embed"
 
 
+@pytest.mark.llama
+@needs_llama
 def test_anthropic_sdk(pair: Pair) -> None:
     import anthropic
 
@@ -135,6 +140,8 @@ def test_anthropic_sdk(pair: Pair) -> None:
     assert follow.role == "assistant" and follow.usage.output_tokens > 0
 
 
+@pytest.mark.llama
+@needs_llama
 def test_openai_responses(pair: Pair) -> None:
     import openai
 
@@ -173,6 +180,8 @@ def test_openai_responses(pair: Pair) -> None:
     assert out.status in ("completed", "incomplete") and out.usage is not None
 
 
+@pytest.mark.llama
+@needs_llama
 def test_langchain_chat_openai(pair: Pair) -> None:
     from langchain_openai import ChatOpenAI
 
@@ -195,6 +204,8 @@ def _post(url: str, body: bytes) -> tuple[int, Any]:
         return e.code, json.loads(e.read() or b"{}")
 
 
+@pytest.mark.llama
+@needs_llama
 def test_malformed_bodies_get_each_apis_error_shape(pair: Pair) -> None:
     base = pair.a.api_url
     status, doc = _post(base + "/api/chat", b"{nope")
@@ -205,3 +216,34 @@ def test_malformed_bodies_get_each_apis_error_shape(pair: Pair) -> None:
     status, doc = _post(base + "/v1/responses", b'{"model": "gemma3", "input": 3}')
     assert status == 400 and doc["error"]["param"] == "input"
     assert doc["error"]["type"] == "invalid_request_error"
+
+
+def test_ollama_listen_serves_ollamas_api_on_its_own_port(tmp_path: Path) -> None:
+    port = free_port()
+    with ollama_sim_thread(max_tokens=4) as sim:
+        engines = f'[[engines]]\nid = "oll"\nkind = "ollama"\nurl = "{sim.url}"\n'
+        node = Daemon(tmp_path, "n", secret=secrets.token_hex(32), extra_toml=engines,
+                      api_toml=f'ollama_listen = "127.0.0.1:{port}"').start()
+        base = f"http://127.0.0.1:{port}"
+        try:
+            def tags() -> set[str]:
+                try:
+                    with urllib.request.urlopen(base + "/api/tags", timeout=5) as r:
+                        assert r.headers["X-Swarmd"] == "1"
+                        return {m["name"] for m in json.load(r)["models"]}
+                except urllib.error.URLError:
+                    return set()
+
+            wait_for(lambda: {"sim-llama:latest", "sim-embed:latest"} <= tags(), 30,
+                     what="the engine's models on the Ollama listener")
+            with urllib.request.urlopen(base + "/", timeout=5) as r:
+                assert r.read() == b"Ollama is running" and r.headers["X-Swarmd"] == "1"
+            status, doc = _post(base + "/api/chat", json.dumps({
+                "model": "sim-llama:latest", "stream": False,
+                "messages": [{"role": "user", "content": "hi"}]}).encode())
+            assert status == 200 and doc["done"] and doc["swarmd_sim"] == "native"
+            with pytest.raises(urllib.error.HTTPError) as err:  # only Ollama's routes there
+                urllib.request.urlopen(base + "/v1/models", timeout=5)
+            assert err.value.code == 404
+        finally:
+            node.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from swarmd.testing.daemon import Daemon, wait_for
-from tests.fakes.tiny_gguf import write_tiny_gguf
+from swarmd.testing.tiny_gguf import write_tiny_gguf
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -17,7 +17,7 @@ import pytest
 from swarmd.engines.base import EngineLoad, EngineSpec, open_upstream
 from swarmd.engines.manager import EngineManager
 from swarmd.engines.registry import EngineRegistry
-from tests.fakes.llama_server import LlamaServer, free_port
+from swarmd.testing.llama_server import LlamaServer, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.fakes.llama_server import SKIP_REASON, LlamaServer, llama_available
-from tests.fakes.tiny_gguf import N_EMBD
+from swarmd.testing.llama_server import SKIP_REASON, LlamaServer, llama_available
+from swarmd.testing.tiny_gguf import N_EMBD
 
 pytestmark = [
     pytest.mark.llama,

@@ -22,7 +22,7 @@ from swarmd.models.manifest import CHUNK_SIZE
 from swarmd.models.puller import Puller, PullError
 from swarmd.models.sources.base import SourceSettings
 from swarmd.models.store import ModelStore, NoSpaceError
-from tests.fakes.hub_servers import (
+from swarmd.testing.hub_servers import (
     FakeHub,
     FakeOllamaRegistry,
     HubRepo,
@@ -30,7 +30,7 @@ from tests.fakes.hub_servers import (
     gemma_gguf,
     write_ollama_store,
 )
-from tests.fakes.tiny_gguf import write_tiny_gguf
+from swarmd.testing.tiny_gguf import write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "google/gemma-3-270m-GGUF"

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from swarmd.testing.daemon import Daemon, wait_for
-from tests.fakes.llama_server import LlamaServer
+from swarmd.testing.llama_server import LlamaServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.llama]
 

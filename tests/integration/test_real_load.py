@@ -34,8 +34,8 @@ import pytest
 from openai import OpenAI
 
 from swarmd.testing.daemon import Daemon, wait_for
-from tests.fakes.hub_servers import gemma_gguf
-from tests.fakes.llama_server import SKIP_REASON, LlamaServer, llama_available, start
+from swarmd.testing.hub_servers import gemma_gguf
+from swarmd.testing.llama_server import SKIP_REASON, LlamaServer, llama_available, start
 
 pytestmark = [
     pytest.mark.llama,

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from swarmd.engines.supervisor import LaunchSpec, Managed, Supervisor, SupervisorConfig
+from swarmd.testing.llama_server import SKIP_REASON, llama_available
 from swarmd_engines.llamacpp import LlamaCppEngine
-from tests.fakes.llama_server import SKIP_REASON, llama_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

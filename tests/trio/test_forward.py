@@ -18,14 +18,15 @@ from swarmd.api.upstream import Deadlines, LocalUpstream, ProxyRequest, Upstream
 from swarmd.core import forward_wire as fw
 from swarmd.runtime.bridge import Bridge
 from swarmd.runtime.forward import (
-    BridgedForwarder,
     ForwardClient,
     ForwardServer,
     ForwardTimeouts,
 )
+from swarmd.runtime.forward_remote import BridgedForwarder
+from swarmd.testing.local_engines import SimEngines
 from swarmd.testing.loops import AsyncioThread, in_asyncio, run_with_bridge
+from swarmd.testing.sim_engine import SimEngine, sse_bytes
 from swarmd.testing.streams import MemOpener, stream_pair
-from tests.fakes.openai_stub import StubEngine, StubEngines, sse_bytes
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -47,8 +48,8 @@ def preq(body: bytes = CHAT) -> ProxyRequest:
 class Rig:
     bridge: Bridge
     aio: AsyncioThread
-    stub: StubEngine
-    engines: StubEngines
+    stub: SimEngine
+    engines: SimEngines
     server: ForwardServer
     client: ForwardClient
     opener: MemOpener
@@ -63,9 +64,9 @@ async def rig(bridge: Bridge, aio: AsyncioThread,
               timeouts: ForwardTimeouts | None = None) -> AsyncIterator[Rig]:
     t = timeouts or ForwardTimeouts()
 
-    async def setup() -> tuple[StubEngine, LocalUpstream]:
-        stub = await StubEngine("e0").start()
-        engines = StubEngines([stub])
+    async def setup() -> tuple[SimEngine, LocalUpstream]:
+        stub = await SimEngine("e0", canned=True).start()
+        engines = SimEngines([stub])
         return stub, LocalUpstream(engines, LocalUpstream.new_session())
 
     stub, local = await in_asyncio(aio, setup())
@@ -356,11 +357,11 @@ def test_api_routes_to_remote_node_and_retries_elsewhere() -> None:
         async with rig(bridge, aio) as r:
             remote = node("12D3KooWPeer", r.engines.records())
 
-            async def start() -> tuple[ApiServer, StubEngine]:
-                local_stub = await StubEngine("local0").start()
-                snap = snapshot(StubEngines([local_stub]).records(), [remote])
+            async def start() -> tuple[ApiServer, SimEngine]:
+                local_stub = await SimEngine("local0", canned=True).start()
+                snap = snapshot(SimEngines([local_stub]).records(), [remote])
                 deps = ApiDeps(api=ApiSection(listen="127.0.0.1:0"), routing=RoutingSection(),
-                               snapshot=lambda: snap, local=StubEngines([local_stub]),
+                               snapshot=lambda: snap, local=SimEngines([local_stub]),
                                remote=r.fwd, router=Router(rng=random.Random(3)))
                 server = ApiServer(deps)
                 await server.start()
@@ -395,5 +396,41 @@ def test_api_routes_to_remote_node_and_retries_elsewhere() -> None:
                 await local_stub.stop()
 
             await in_asyncio(aio, stop())
+
+    run_with_bridge(main)
+
+
+class HangingEngine:
+    """local_open that never answers (a node whose link was cut mid-request)."""
+
+    async def open(self, engine_id: str, req: ProxyRequest, d: Deadlines) -> Any:
+        await asyncio.sleep(3600)
+
+
+def test_a_forward_to_a_node_declared_dead_is_abandoned_before_its_timeout() -> None:
+    async def main(bridge: Bridge, aio: AsyncioThread) -> None:
+        server = ForwardServer(bridge, HangingEngine().open)
+        alive = {"peer": True}
+        async with trio.open_nursery() as n:
+            opener = MemOpener(n, server.handle)
+            fwd = BridgedForwarder(bridge, ForwardClient(opener), alive=lambda p: alive[p])
+
+            async def go() -> tuple[str, float]:
+                t0 = time.monotonic()
+                try:
+                    await fwd.open("peer", "e0", preq(), deadlines(first_byte=60, total=60))
+                except UpstreamError as exc:
+                    return exc.kind, time.monotonic() - t0
+                return "answered", 0.0
+
+            async def kill_later() -> None:
+                await trio.sleep(0.3)
+                alive["peer"] = False
+
+            n.start_soon(kill_later)
+            kind, took = await in_asyncio(aio, go())
+            assert kind == "unavailable"  # retryable before the first byte
+            assert took < 2.0  # DEATH_POLL after the death, not the 60 s first-byte timeout
+            n.cancel_scope.cancel()
 
     run_with_bridge(main)

@@ -16,8 +16,9 @@ from swarmd.api.app import ApiDeps, ApiServer
 from swarmd.config import ApiSection, RoutingSection
 from swarmd.core.routing import Router
 from swarmd.core.snapshot import Snapshot
+from swarmd.testing.local_engines import SimEngines
+from swarmd.testing.sim_engine import SSE_CHUNKS, SimEngine, sse_bytes
 from swarmd.testing.swarm_snapshot import snapshot
-from tests.fakes.openai_stub import SSE_CHUNKS, StubEngine, StubEngines, sse_bytes
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -25,7 +26,7 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
 
 
 class Env:
-    def __init__(self, server: ApiServer, stubs: list[StubEngine], engines: StubEngines,
+    def __init__(self, server: ApiServer, stubs: list[SimEngine], engines: SimEngines,
                  http: aiohttp.ClientSession) -> None:
         self.server = server
         self.stubs = stubs
@@ -49,10 +50,10 @@ class Env:
 @asynccontextmanager
 async def env(n: int = 1, *, api: ApiSection | None = None,
               aliases: dict[str, str] | None = None,
-              snap: Callable[[StubEngines], Snapshot] | None = None,
+              snap: Callable[[SimEngines], Snapshot] | None = None,
               seed: int = 1, queue_timeout: float = 120.0) -> AsyncIterator[Env]:
-    stubs = [await StubEngine(f"e{i}").start() for i in range(n)]
-    engines = StubEngines(stubs)
+    stubs = [await SimEngine(f"e{i}", canned=True).start() for i in range(n)]
+    engines = SimEngines(stubs)
     snapshot_now = snap(engines) if snap else snapshot(engines.records())
     deps = ApiDeps(api=api or ApiSection(listen="127.0.0.1:0"),
                    routing=RoutingSection(aliases=aliases or {},

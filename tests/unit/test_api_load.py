@@ -156,10 +156,10 @@ def test_usage_chunk_when_asked_and_none_from_the_engine() -> None:
 
 
 def test_embeddings_and_chat_engines_under_one_model() -> None:
+    from swarmd.testing.local_engines import SimEngines
     from swarmd.testing.swarm_snapshot import snapshot
-    from tests.fakes.openai_stub import StubEngines
 
-    def snap(engines: StubEngines) -> Any:
+    def snap(engines: SimEngines) -> Any:
         engines.capabilities = {"e0": ["chat", "completions"], "e1": ["embeddings"]}
         return snapshot(engines.records())
 
@@ -179,10 +179,10 @@ def test_embeddings_and_chat_engines_under_one_model() -> None:
 
 
 def test_capability_nobody_has_is_400() -> None:
+    from swarmd.testing.local_engines import SimEngines
     from swarmd.testing.swarm_snapshot import snapshot
-    from tests.fakes.openai_stub import StubEngines
 
-    def snap(engines: StubEngines) -> Any:
+    def snap(engines: SimEngines) -> Any:
         engines.capabilities = {"e0": ["embeddings"]}
         return snapshot(engines.records())
 

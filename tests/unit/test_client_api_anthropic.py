@@ -76,7 +76,7 @@ def test_tool_round_trip() -> None:
             assert first.stop_reason == "tool_use"
             use = [b for b in first.content if b.type == "tool_use"][0]
             assert use.name == "get_weather" and use.input == {"city": "x"}
-            sent = e.tools.sim.last_request["body"]
+            sent = e.tools.last_request["body"]
             assert sent["tools"] == [{"type": "function", "function": {
                 "name": "get_weather", "parameters": WEATHER["input_schema"],
                 "description": "weather of a city"}}]
@@ -89,7 +89,7 @@ def test_tool_round_trip() -> None:
                                              max_tokens=16, tools=[WEATHER], messages=msgs)
             assert second.stop_reason in ("end_turn", "max_tokens")
             assert second.content and second.content[0].type == "text"
-            sent = e.tools.sim.last_request["body"]["messages"]
+            sent = e.tools.last_request["body"]["messages"]
             assert sent[1] == {"role": "assistant", "content": "", "tool_calls": [
                 {"id": use.id, "type": "function",
                  "function": {"name": "get_weather", "arguments": json.dumps({"city": "x"})}}]}

@@ -160,7 +160,7 @@ def test_tool_round_trip_translated() -> None:
             msgs: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
             # sim-tools: an OpenAI engine (simulated) that calls the first tool.
             r = await asyncio.to_thread(c.chat, "sim-tools", msgs, tools=tools)
-            assert e.tools.sim.last_request["body"]["tools"] == tools
+            assert e.tools.last_request["body"]["tools"] == tools
             assert r.message.tool_calls and r.message.tool_calls[0].function.name == \
                 "get_weather"
             call = r.message.tool_calls[0]
@@ -169,7 +169,7 @@ def test_tool_round_trip_translated() -> None:
                                  "tool_name": "get_weather"}]
             r2 = await asyncio.to_thread(c.chat, "sim-tools", msgs, tools=tools)
             assert r2.message.content and not r2.message.tool_calls
-            sent = e.tools.sim.last_request["body"]["messages"]
+            sent = e.tools.last_request["body"]["messages"]
             assert sent[1]["tool_calls"][0]["function"] == {
                 "name": "get_weather", "arguments": json.dumps({"city": "x"})}
             assert sent[2] == {"role": "tool", "content": "sunny",
@@ -237,6 +237,33 @@ def test_second_listener_serves_only_ollama_routes() -> None:
                 assert r.done
                 async with e.http.get(f"http://127.0.0.1:{srv.port}/v1/models") as resp:
                     assert resp.status == 404
+            finally:
+                await srv.stop()
+
+    run(go)
+
+
+def test_the_ollama_plugin_refuses_a_swarmd_node_as_an_engine() -> None:
+    # Self-loop guard: a swarmd node's Ollama API (here the API port, and the
+    # second listener) answers "Ollama is running" with X-Swarmd; the plugin's
+    # probe must not detect it and its health check must fail with the reason,
+    # while the Ollama-speaking simulated engine (a real Ollama's answers) passes.
+    from swarmd.engines.base import EngineError, EngineSpec
+    from swarmd_engines.ollama import OllamaEngine
+
+    async def go() -> None:
+        async with env() as e:
+            srv = OllamaServer(e.server.proxy, e.server.deps)
+            await srv.start("127.0.0.1:0")
+            try:
+                for url in (e.base, f"http://127.0.0.1:{srv.port}"):
+                    assert not await OllamaEngine.probe(e.http, url)
+                    eng = OllamaEngine(EngineSpec(kind="ollama", url=url, id="loop"))
+                    with pytest.raises(EngineError, match="swarmd node"):
+                        await eng.health(e.http)
+                assert await OllamaEngine.probe(e.http, e.ollama.url)
+                real = OllamaEngine(EngineSpec(kind="ollama", url=e.ollama.url, id="o"))
+                assert await real.health(e.http)
             finally:
                 await srv.stop()
 

@@ -91,7 +91,7 @@ def test_function_call_round_trip() -> None:
             calls = [o for o in r.output if o.type == "function_call"]
             assert len(calls) == 1 and calls[0].name == "get_weather"
             assert json.loads(calls[0].arguments) == {"city": "x"}
-            sent = e.tools.sim.last_request["body"]
+            sent = e.tools.last_request["body"]
             assert sent["tools"] == [{"type": "function", "function": {
                 k: WEATHER[k] for k in ("name", "description", "parameters")}}]
             # Follow-up by previous_response_id: only the tool output is sent.
@@ -101,7 +101,7 @@ def test_function_call_round_trip() -> None:
                                                  "call_id": calls[0].call_id,
                                                  "output": "sunny"}])
             assert r2.output_text and r2.previous_response_id == r.id
-            msgs = e.tools.sim.last_request["body"]["messages"]
+            msgs = e.tools.last_request["body"]["messages"]
             assert msgs[0] == {"role": "user", "content": "weather in Paris?"}
             assert msgs[1]["tool_calls"][0]["id"] == calls[0].call_id
             assert msgs[2] == {"role": "tool", "tool_call_id": calls[0].call_id,
@@ -197,5 +197,45 @@ def test_errors_have_openais_shape(raw: bytes, status: int, param: str | None) -
             err = doc["error"]
             assert set(err) == {"message", "type", "param", "code"}
             assert err["param"] == param and err["message"]
+
+    run(go)
+
+
+def test_native_pass_through_to_engines_that_serve_responses() -> None:
+    async def go() -> None:
+        async with env(ollama_version="0.13.3") as e:  # serves /v1/responses, says so
+            c = client(e.base)
+            node = e.server.deps.snapshot().node_id
+            r = await asyncio.to_thread(c.responses.create, model="sim-llama:latest",
+                                        input="hello there", store=False,
+                                        max_output_tokens=3)
+            assert r.id.startswith("resp_sim") and owner_of(r.id) is None  # the engine's own
+            assert len(r.output_text.split()) == 3
+            path, sent = e.ollama.native_requests[-1]
+            assert path == "/v1/responses"
+            assert sent == {"model": "sim-llama:latest", "input": "hello there",
+                            "store": False, "max_output_tokens": 3}
+            events = await asyncio.to_thread(lambda: list(c.responses.create(
+                model="sim-llama:latest", input="hi", store=False, stream=True)))
+            assert events[0].type == "response.created"
+            assert events[-1].type == "response.completed"
+            assert e.ollama.native_requests[-1][0] == "/v1/responses"
+            # Stored (the default): translated, so the id names this node.
+            n = len(e.ollama.native_requests)
+            r2 = await asyncio.to_thread(c.responses.create, model="sim-llama:latest",
+                                         input="hi")
+            assert owner_of(r2.id) == node and len(e.ollama.native_requests) == n
+            assert e.ollama.last_request["route"] == "/v1/chat/completions"
+            # A follow-up of a stored response is translated too.
+            r3 = await asyncio.to_thread(c.responses.create, model="sim-llama:latest",
+                                         input="more", store=False,
+                                         previous_response_id=r2.id)
+            assert owner_of(r3.id) == node and len(e.ollama.native_requests) == n
+        async with env() as e:  # an older Ollama: no /v1/responses, always translated
+            c = client(e.base)
+            r = await asyncio.to_thread(c.responses.create, model="sim-llama:latest",
+                                        input="hi", store=False)
+            assert owner_of(r.id) == e.server.deps.snapshot().node_id
+            assert all(p != "/v1/responses" for p, _ in e.ollama.native_requests)
 
     run(go)

@@ -1,4 +1,5 @@
-"""The SIMULATED engine server (swarmd/engines/simulated.py) over real HTTP on 127.0.0.1."""
+"""The SIMULATED engine server (swarmd/engines/simulated.py) and the testing kit's engine
+(swarmd/testing/sim_engine.py, fault modes) over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from swarmd.engines.simulated import (
     config_from_args,
     embedding,
     start_simulated_engine,
+    words_for,
 )
+from swarmd.testing.ollama_sim import OllamaSim
+from swarmd.testing.sim_engine import SimEngine, sse_bytes, start_sim_engine
 
 Body = dict[str, Any]
 
@@ -257,3 +261,153 @@ def test_simulated_kind_reads_the_server() -> None:
             (await fut).release()
 
     run(go, models=("a", "b"), ttft_ms=150, concurrency=2, queue=4)
+
+
+# -- the testing kit's engine: swarmd.testing.sim_engine (fault modes, request log) -------
+
+
+def run_kit(fn: Callable[[SimEngine, aiohttp.ClientSession], Awaitable[None]],
+            **opts: Any) -> None:
+    async def main() -> None:
+        eng = await start_sim_engine("e0", "m", **opts)
+        try:
+            async with aiohttp.ClientSession() as http:
+                await fn(eng, http)
+        finally:
+            await eng.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_kit_logs_requests_and_answers_like_the_product_engine() -> None:
+    async def go(eng: SimEngine, http: aiohttp.ClientSession) -> None:
+        async with http.post(eng.url + "/v1/chat/completions", json=chat(max_tokens=3),
+                             headers={"X-Test": "1"}) as r:
+            assert r.status == 200
+            doc = await r.json()
+        assert doc["usage"]["completion_tokens"] == 3
+        assert doc["choices"][0]["message"]["content"] == "".join(words_for("hello world", 3))
+        seen = eng.seen[-1]
+        assert seen.path == "/v1/chat/completions" and seen.headers["x-test"] == "1"
+        assert seen.json() == chat(max_tokens=3)
+
+    run_kit(go)
+
+
+def test_kit_script_then_mode_status_errors() -> None:
+    async def go(eng: SimEngine, http: aiohttp.ClientSession) -> None:
+        eng.script.extend(["status:503", "detail422"])
+        got = []
+        for _ in range(3):
+            async with http.post(eng.url + "/v1/chat/completions", json=chat()) as r:
+                got.append((r.status, r.headers.get("Retry-After"), await r.json()))
+        assert got[0][:2] == (503, "2") and set(got[0][2]["error"]) >= {"message", "type"}
+        assert got[1][0] == 422 and "detail" in got[1][2]
+        assert got[2][0] == 200 and got[2][2]["object"] == "chat.completion"
+        eng.mode = "traceback500"
+        async with http.post(eng.url + "/v1/completions", json={"model": "m", "prompt": "x"}) as r:
+            assert r.status == 500 and "Traceback" in await r.text()
+
+    run_kit(go)
+
+
+def test_kit_midfail_breaks_a_simulated_stream_after_two_events() -> None:
+    async def go(eng: SimEngine, http: aiohttp.ClientSession) -> None:
+        eng.mode = "midfail"
+        got = b""
+        broke = False
+        async with http.post(eng.url + "/v1/chat/completions", json=chat(max_tokens=6)) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            try:
+                async for chunk in r.content.iter_any():
+                    got += chunk
+            except aiohttp.ClientPayloadError:
+                broke = True
+        assert broke and b"[DONE]" not in got
+        assert got.count(b"data: ") == 2  # role chunk and the first word
+
+    run_kit(go)
+
+
+def test_kit_slow_spaces_events_and_stall_delays_polls_only() -> None:
+    async def go(eng: SimEngine, http: aiohttp.ClientSession) -> None:
+        eng.mode, eng.delay = "slow", 0.05
+        t0 = time.monotonic()
+        async with http.post(eng.url + "/v1/completions",
+                             json={"model": "m", "prompt": "a b", "max_tokens": 3}) as r:
+            events = sse_events(await r.read())
+        assert len(events) == 5 and time.monotonic() - t0 >= 5 * 0.05 * 0.9
+        eng.mode, eng.stall = "ok", 0.3
+        t0 = time.monotonic()
+        async with http.get(eng.url + "/health") as r:
+            assert r.status == 200
+        assert time.monotonic() - t0 >= 0.28
+        t0 = time.monotonic()
+        async with http.post(eng.url + "/v1/chat/completions", json=chat()) as r:
+            assert r.status == 200
+        assert time.monotonic() - t0 < 0.25
+
+    run_kit(go)
+
+
+def test_kit_counts_requests_cancelled_by_their_client() -> None:
+    async def go(eng: SimEngine, http: aiohttp.ClientSession) -> None:
+        eng.mode = "hang"
+        try:
+            async with http.post(eng.url + "/v1/chat/completions", json=chat(),
+                                 timeout=aiohttp.ClientTimeout(total=0.2)):
+                raise AssertionError("a hanging engine answered")
+        except TimeoutError:
+            pass
+        for _ in range(100):
+            if eng.cancelled:
+                break
+            await asyncio.sleep(0.02)
+        assert eng.cancelled == 1
+
+    run_kit(go)
+
+
+def test_kit_capacity_limit_answers_429_past_the_queue() -> None:
+    async def go(eng: SimEngine, http: aiohttp.ClientSession) -> None:
+        async def one() -> int:
+            async with http.post(eng.url + "/v1/chat/completions", json=chat()) as r:
+                await r.read()
+                return r.status
+
+        statuses = sorted(await asyncio.gather(one(), one(), one()))
+        assert statuses == [200, 200, 429] and eng.rejected_total == 1
+
+    run_kit(go, concurrency=1, queue=1, ttft_ms=200)
+
+
+def test_kit_canned_answers_are_fixed_bytes() -> None:
+    async def go(eng: SimEngine, http: aiohttp.ClientSession) -> None:
+        body = chat(stream=True, stream_options={"include_usage": True})
+        body["model"] = "anything"
+        async with http.post(eng.url + "/v1/chat/completions", json=body) as r:
+            assert await r.read() == sse_bytes(include_usage=True)
+        async with http.post(eng.url + "/v1/embeddings", json={"model": "x", "input": "a"}) as r:
+            assert (await r.json())["data"][0]["embedding"] == [0.1, 0.2]
+
+    run_kit(go, canned=True)
+
+
+def test_kit_ollama_sim_has_the_fault_modes_too() -> None:
+    async def main() -> None:
+        sim = await OllamaSim(max_tokens=2, script=["status:500"]).start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                body = {"model": "sim-llama:latest", "stream": False,
+                        "messages": [{"role": "user", "content": "hi"}]}
+                async with http.post(sim.url + "/api/chat", json=body) as r:
+                    assert r.status == 500
+                async with http.post(sim.url + "/api/chat", json=body) as r:
+                    doc = await r.json()
+                assert doc["done"] and doc["swarmd_sim"] == "native"
+                assert [p for p, _ in sim.native_requests] == ["/api/chat"]
+                assert [s.path for s in sim.seen] == ["/api/chat", "/api/chat"]
+        finally:
+            await sim.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

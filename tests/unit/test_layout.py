@@ -36,18 +36,7 @@ SIZES: dict[str, int] = {}
 MOVED = {"swarmd.runtime.snapshot": "swarmd.core.snapshot"}
 
 #: (rule, detail) pairs still present in files owned elsewhere; must only shrink.
-KNOWN: set[tuple[str, str]] = {
-    # issue 8 (lead): client_apis.register_all imports the three front ends
-    # inside a function, and each imports client_apis' helpers; moving the
-    # shared helpers into their own module (or registering from app.py)
-    # breaks it.
-    ("cycle", "swarmd.api.anthropic_api <-> swarmd.api.client_apis <-> swarmd.api.ollama_api"
-              " <-> swarmd.api.responses_api"),
-    # model store (swarmd/models/, another change): partial.py imports
-    # ModelStore under TYPE_CHECKING only, for an annotation; a Protocol in
-    # partial.py (or passing the callbacks it uses) breaks it.
-    ("cycle", "swarmd.models.partial <-> swarmd.models.store"),
-}
+KNOWN: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from swarmd.models import meta
-from tests.fakes.tiny_gguf import write_tiny_gguf
+from swarmd.testing.tiny_gguf import write_tiny_gguf
 
 
 def test_fast_gguf_reader_agrees_with_gguf_reader(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from swarmd.models.inventory import holders, inventory, parse_inventory
 from swarmd.models.puller import Puller, PullError
 from swarmd.models.sources.base import SourceSettings
 from swarmd.models.store import FREE_MARGIN, ModelStore, NoSpaceError, StoreError
-from tests.fakes.tiny_gguf import write_tiny_gguf
+from swarmd.testing.tiny_gguf import write_tiny_gguf
 
 MB = 1024 * 1024
 

@@ -18,8 +18,8 @@ import pytest
 from swarmd import config
 from swarmd.control.client import ControlClient, ControlError
 from swarmd.models.service import ModelService
+from swarmd.testing.tiny_gguf import write_tiny_gguf
 from tests.fakes.control import FakeProvider, ServerThread
-from tests.fakes.tiny_gguf import write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,13 +1,17 @@
-"""A SIMULATED engine that speaks Ollama's native API, for client-API tests.
+"""The testing kit's simulated engine speaking Ollama's native API too.
 
-Theory of operation: it is swarmd's simulated engine
-(:mod:`swarmd.engines.simulated`: deterministic words from a hash of the
-prompt, OpenAI routes under ``/v1``) with Ollama's own routes added on the
-same app, the way a real Ollama serves both: ``GET /`` (``Ollama is
+Theory of operation: :class:`OllamaSim` is the kit's simulated OpenAI
+engine (:class:`swarmd.testing.sim_engine.SimEngine`: deterministic words
+from a hash of the prompt, OpenAI routes under ``/v1``, the same fault modes
+and request log) with Ollama's own routes added on the same app, the way a
+real Ollama serves both: ``GET /`` (``Ollama is
 running``), ``/api/tags``, ``/api/ps``, ``POST /api/show`` (capabilities:
 ``completion`` and ``tools``, or ``embedding`` for models named
 ``*embed*``), ``/api/chat`` and ``/api/generate`` (NDJSON when ``stream`` is
-not false, Ollama's default), ``/api/embed`` and ``/api/embeddings``.
+not false, Ollama's default), ``/api/embed`` and ``/api/embeddings``;
+``GET /api/version`` answers :attr:`OllamaSim.version`, and from
+:data:`RESPONSES_SINCE` on ``POST /v1/responses`` is served too (stateless,
+as Ollama's: a Response with one ``output_text``, or its SSE events).
 
 Native answers carry what a real Ollama's do -- ``created_at``, ``done``,
 ``done_reason``, counts and durations -- plus ``"swarmd_sim": "native"``
@@ -32,13 +36,11 @@ from typing import Any
 
 from aiohttp import web
 
-from swarmd.engines.simulated import (
-    SimConfig,
-    SimulatedEngine,
-    count_tokens,
-    embedding,
-    words_for,
-)
+from swarmd.engines.simulated import count_tokens, embedding, words_for
+from swarmd.testing.sim_engine import SimEngine
+
+#: The first Ollama version serving ``/v1/responses`` (as plugins/swarmd_engines/ollama.py).
+RESPONSES_SINCE = (0, 13, 3)
 
 
 def _iso(t: float) -> str:
@@ -66,53 +68,32 @@ def _wants_tool(doc: dict[str, Any]) -> dict[str, Any] | None:
     return dict(tools[0])
 
 
-class OllamaSim:
+class OllamaSim(SimEngine):
     """The simulated engine plus Ollama's native routes."""
 
     def __init__(self, models: tuple[str, ...] = ("sim-llama:latest", "sim-embed:latest"),
-                 **sim: Any) -> None:
-        self.sim = SimulatedEngine(SimConfig(models=models, **sim))
+                 engine_id: str = "ollama", version: str = "0.9.0", **sim: Any) -> None:
+        super().__init__(engine_id, models=models, **sim)
+        self.version = version
         self.native_requests: list[tuple[str, dict[str, Any]]] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def app(self) -> web.Application:
-        sim = self.sim
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_get("/health", sim._health)
-        app.router.add_get("/v1/models", sim._models)
-        app.router.add_get("/metrics", sim._metrics)
-        app.router.add_get("/debug/last_request", sim._last)
-        app.router.add_post("/v1/chat/completions", self._v1_chat)  # + simulated tool calls
-        app.router.add_post("/v1/completions", sim._completions)
-        app.router.add_post("/v1/embeddings", sim._embeddings)
+    def add_routes(self, app: web.Application) -> None:
+        super().add_routes(app)  # OpenAI's routes; chat adds simulated tool calls (_chat)
         app.router.add_get("/", self._root)
         app.router.add_get("/api/version", self._version)
         app.router.add_get("/api/tags", self._tags)
         app.router.add_get("/api/ps", self._ps)
         app.router.add_post("/api/show", self._show)
-        app.router.add_post("/api/chat", self._chat)
-        app.router.add_post("/api/generate", self._generate)
-        app.router.add_post("/api/embed", self._embed)
-        app.router.add_post("/api/embeddings", self._embeddings)
-        return app
+        app.router.add_post("/api/chat", self._api_chat)
+        app.router.add_post("/api/generate", self._api_generate)
+        app.router.add_post("/api/embed", self._api_embed)
+        app.router.add_post("/api/embeddings", self._api_embeddings)
+        if tuple(int(x) for x in self.version.split(".")[:3]) >= RESPONSES_SINCE:
+            app.router.add_post("/v1/responses", self._responses)
 
-    async def start(self) -> OllamaSim:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> OllamaSim:
+        await super().start(host, port)
         return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     # -- listings ---------------------------------------------------------------------
 
@@ -127,20 +108,20 @@ class OllamaSim:
         return web.Response(text="Ollama is running")
 
     async def _version(self, request: web.Request) -> web.Response:
-        return web.json_response({"version": "0.9.0"})
+        return web.json_response({"version": self.version})
 
     async def _tags(self, request: web.Request) -> web.Response:
-        return web.json_response({"models": [self._entry(m) for m in self.sim.config.models]})
+        return web.json_response({"models": [self._entry(m) for m in self.config.models]})
 
     async def _ps(self, request: web.Request) -> web.Response:
         return web.json_response({"models": [
             {**self._entry(m), "expires_at": _iso(time.time() + 300), "size_vram": 1234,
-             "context_length": 4096} for m in self.sim.config.models]})
+             "context_length": 4096} for m in self.config.models]})
 
     async def _show(self, request: web.Request) -> web.Response:
         doc = await request.json()
         name = doc.get("model") or doc.get("name")
-        if name not in self.sim.config.models:
+        if name not in self.config.models:
             return web.json_response({"error": f"model '{name}' not found"}, status=404)
         caps = ["embedding"] if "embed" in name else ["completion", "tools"]
         return web.json_response({"modelfile": "", "parameters": "", "template": "",
@@ -149,26 +130,26 @@ class OllamaSim:
 
     # -- generation ---------------------------------------------------------------------
 
-    async def _body(self, request: web.Request, path: str) -> dict[str, Any] | web.Response:
+    async def _native_body(self, request: web.Request, path: str) -> dict[str, Any] | web.Response:
         try:
             doc = await request.json()
         except ValueError:
             return web.json_response({"error": "invalid JSON"}, status=400)
         self.native_requests.append((path, doc))
-        if doc.get("model") not in self.sim.config.models:
+        if doc.get("model") not in self.config.models:
             return web.json_response(
                 {"error": f"model \"{doc.get('model')}\" not found, try pulling it first"},
                 status=404)
         return dict(doc)
 
-    def _n(self, doc: dict[str, Any]) -> int:
+    def _num_predict(self, doc: dict[str, Any]) -> int:
         n = (doc.get("options") or {}).get("num_predict")
-        cap = self.sim.config.max_tokens
+        cap = self.config.max_tokens
         return min(n, cap) if isinstance(n, int) and n >= 0 else cap
 
     async def _native(self, request: web.Request, chat: bool) -> web.StreamResponse:
         path = "/api/chat" if chat else "/api/generate"
-        doc = await self._body(request, path)
+        doc = await self._native_body(request, path)
         if isinstance(doc, web.Response):
             return doc
         if chat:
@@ -176,7 +157,7 @@ class OllamaSim:
         else:
             prompt = str(doc.get("prompt", ""))
         tool = _wants_tool(doc) if chat else None
-        n = 0 if tool else self._n(doc)
+        n = 0 if tool else self._num_predict(doc)
         words = words_for(prompt, n)
         t0 = time.monotonic()
         base = {"model": doc["model"], "created_at": _iso(time.time())}
@@ -195,7 +176,7 @@ class OllamaSim:
                                    "arguments": _tool_args(tool)}}]
         final = {**piece(""), "done": True,
                  "done_reason": "length" if n and n == len(words) and
-                 self._n(doc) < self.sim.config.max_tokens else "stop",
+                 self._num_predict(doc) < self.config.max_tokens else "stop",
                  "total_duration": int((time.monotonic() - t0) * 1e9) + 1, "load_duration": 0,
                  "prompt_eval_count": count_tokens(prompt), "prompt_eval_duration": 1,
                  "eval_count": len(words), "eval_duration": 1, "swarmd_sim": "native"}
@@ -213,35 +194,35 @@ class OllamaSim:
         await resp.write_eof()
         return resp
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _api_chat(self, request: web.Request) -> web.StreamResponse:
         return await self._native(request, chat=True)
 
-    async def _generate(self, request: web.Request) -> web.StreamResponse:
+    async def _api_generate(self, request: web.Request) -> web.StreamResponse:
         return await self._native(request, chat=False)
 
-    async def _embed(self, request: web.Request) -> web.Response:
-        doc = await self._body(request, "/api/embed")
+    async def _api_embed(self, request: web.Request) -> web.Response:
+        doc = await self._native_body(request, "/api/embed")
         if isinstance(doc, web.Response):
             return doc
         raw = doc.get("input")
         inputs = [raw] if isinstance(raw, str) else list(raw or [])
-        dim = self.sim.config.embedding_dim
+        dim = self.config.embedding_dim
         return web.json_response({"model": doc["model"],
                                   "embeddings": [embedding(t, dim) for t in inputs],
                                   "total_duration": 1, "load_duration": 0,
                                   "prompt_eval_count": sum(count_tokens(t) for t in inputs),
                                   "swarmd_sim": "native"})
 
-    async def _embeddings(self, request: web.Request) -> web.Response:
-        doc = await self._body(request, "/api/embeddings")
+    async def _api_embeddings(self, request: web.Request) -> web.Response:
+        doc = await self._native_body(request, "/api/embeddings")
         if isinstance(doc, web.Response):
             return doc
         return web.json_response({"embedding": embedding(str(doc.get("prompt", "")),
-                                                         self.sim.config.embedding_dim)})
+                                                         self.config.embedding_dim)})
 
     # -- OpenAI chat with simulated tool calls ------------------------------------------
 
-    async def _v1_chat(self, request: web.Request) -> web.StreamResponse:
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         try:
             doc = json.loads(raw)
@@ -249,8 +230,8 @@ class OllamaSim:
             doc = None
         tool = _wants_tool(doc) if isinstance(doc, dict) else None
         if tool is None:
-            return await self.sim._chat(request)
-        self.sim.last_request = {"route": "/v1/chat/completions",
+            return await super()._chat(request)
+        self.last_request = {"route": "/v1/chat/completions",
                                  "headers": dict(request.headers), "body": doc}
         assert isinstance(doc, dict)
         call = {"id": "call_" + uuid.uuid4().hex[:8], "type": "function",
@@ -290,6 +271,49 @@ class OllamaSim:
             out += b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() \
                 + b"\n\n"
         await resp.write(out + b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+    # -- OpenAI Responses (Ollama >= 0.13.3: stateless) ----------------------------------
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        doc = await self._native_body(request, "/v1/responses")
+        if isinstance(doc, web.Response):
+            return doc
+        raw = doc.get("input")
+        prompt = raw if isinstance(raw, str) else json.dumps(raw)
+        cap = doc.get("max_output_tokens")
+        n = min(cap, self.config.max_tokens) if isinstance(cap, int) and cap >= 0 \
+            else self.config.max_tokens
+        words = words_for(prompt, n)
+        rid = "resp_sim" + uuid.uuid4().hex[:12]
+        usage = {"input_tokens": count_tokens(prompt), "output_tokens": n,
+                 "total_tokens": count_tokens(prompt) + n}
+        text = "".join(words)
+        done = {"id": rid, "object": "response", "created_at": int(time.time()),
+                "status": "completed", "model": doc["model"], "usage": usage,
+                "output": [{"type": "message", "id": "msg_sim", "role": "assistant",
+                            "status": "completed",
+                            "content": [{"type": "output_text", "text": text,
+                                         "annotations": []}]}],
+                "swarmd_sim": "native"}
+        if doc.get("stream") is not True:
+            return web.json_response(done)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": {**done, "status": "in_progress",
+                                               "output": []}})]
+        events += [("response.output_text.delta",
+                    {"item_id": "msg_sim", "output_index": 0, "content_index": 0, "delta": w})
+                   for w in words]
+        events.append(("response.completed", {"response": done}))
+        out = b"".join(
+            f"event: {t}\ndata: ".encode()
+            + json.dumps({"type": t, "sequence_number": i, **d}).encode() + b"\n\n"
+            for i, (t, d) in enumerate(events))
+        await resp.write(out)
         await resp.write_eof()
         return resp
 

@@ -15,7 +15,7 @@ The text such a model produces is noise; the engine, tokenizer, KV cache,
 sampler and HTTP API that serve it are real, which is what tests need. Files
 are generated in test setup (about 0.5 MB); none is committed.
 
-CLI: ``python -m tests.fakes.tiny_gguf OUT.gguf [--seed N] [--n-ctx N] [--embedding]``.
+CLI: ``python -m swarmd.testing.tiny_gguf OUT.gguf [--seed N] [--n-ctx N] [--embedding]``.
 """
 
 from __future__ import annotations

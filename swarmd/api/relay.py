@@ -1,0 +1,83 @@
+"""Relaying a committed exchange to the OpenAI client (the proxy's last step).
+
+Headers first (with ``X-Request-Id`` and where it ran), then the body as it
+comes.  The request is *booked* -- the exchange closed, which writes its
+usage record and settles its limits -- before the client can see the answer
+end: before the final ``data: [DONE]`` event of a stream, before the last
+chunk of a JSON body.  So a node killed right after a client got its answer
+has that request on disk.  A failure mid-stream ends an SSE stream with an
+error event; either way the connection is closed so the client sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+from swarmd.api.errors import ApiError, sse_error_event
+from swarmd.api.exchange import Exchange
+from swarmd.api.upstream import UpstreamError
+
+log = logging.getLogger("swarmd.api")
+
+
+async def relay(request: web.Request, ex: Exchange, rid: str,
+                count_error: Callable[[str], None]) -> web.StreamResponse:
+    resp = web.StreamResponse(status=ex.status)
+    for k, v in ex.headers:
+        resp.headers.add(k, v)
+    resp.headers["X-Request-Id"] = rid
+    resp.headers["X-Swarmd-Node"] = ex.node_id
+    resp.headers["X-Swarmd-Engine"] = ex.engine_id
+    resp.headers["X-Swarmd-Queue-Wait"] = f"{ex.queue_wait:.3f}"
+    ctype = resp.headers.get("Content-Type", "")
+    sse = ctype.startswith("text/event-stream")
+    try:
+        await resp.prepare(request)
+        ex.sent_status = resp.status
+        chunk = await ex.read()
+        while chunk:
+            if sse and chunk.endswith(b"data: [DONE]\n\n"):
+                # The last event: read to the end and book the request
+                # (usage record, limits) before the client can see it
+                # finished, so a crash right after loses nothing.
+                rest = await ex.read()
+                while rest:
+                    chunk += rest
+                    rest = await ex.read()
+                await ex.aclose()
+            await resp.write(chunk)
+            chunk = await ex.read()
+        await ex.aclose()  # booked before the final chunk (write_eof) goes out
+    except UpstreamError as exc:
+        code = "upstream_timeout" if exc.kind == "timeout" else "upstream_error"
+        count_error("midstream_" + code)
+        log.warning("engine %s on node %s failed mid-response (%s): %s",
+                    ex.engine_id, ex.node_id[-8:], exc.kind, exc.message)
+        if sse:
+            err = ApiError(504 if exc.kind == "timeout" else 502,
+                           f"the engine failed mid-stream: {exc.message}", code=code)
+            try:
+                await resp.write(sse_error_event(err))
+            except ConnectionError:
+                pass
+        _close_connection(request)
+        return resp
+    except ConnectionError:
+        # The client went away (closing the exchange cancels the upstream).
+        log.debug("client went away during the answer", extra={"request_id": rid})
+        return resp
+    try:
+        await resp.write_eof()
+    except ConnectionError:
+        pass  # the client closed a finished answer: not an error
+    return resp
+
+
+def _close_connection(request: web.Request) -> None:
+    """End the HTTP exchange abruptly (flushes what was written, then closes)."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()

@@ -1,0 +1,300 @@
+"""Budgets with no central server: each node spends only the share it holds (escrow).
+
+Theory of operation
+-------------------
+A *budget* is one limit of one key for one window: ``<key id>:<kind>:<window>``
+with kind ``tok_d`` (tokens per UTC day), ``usd_d`` (micro-USD per UTC day) or
+``usd_m`` (micro-USD per UTC month), window ``d20261203`` or ``m202612``.
+Its amount is split in *rights* (a bounded counter, Balegas et al. 2015):
+
+* **mint** -- at the start of each window, each of the key's ``holders`` (the
+  alive nodes when the key was made) owns ``amount // len(holders)`` (the
+  first holder also the remainder).  Computed from the key, never stored,
+  so it cannot be minted twice.
+* **transfers** -- node *i* gives *j* part of its rights by growing its own
+  slot ``i|<budget>|>j`` in the replicated ``escrow`` table (a G-counter
+  only *i* writes).
+* **spent** -- slot ``i|<budget>|$`` (cumulative, only *i* writes).
+* **want** -- slot ``i|<budget>|?``: cumulative amount *i* asked for and
+  lacked; peers with spare rights answer it with transfers.
+
+Rights of *i* = mint(i) + given to i - given by i - spent by i - reserved by
+i (requests in flight on *i*, held locally).  A node admits a request only
+if its worst case (prompt estimate + ``max_tokens``, at the model's price)
+fits its rights, and *reserves* that much until the request settles at its
+real cost.  Every term is either computed from the key or a G-counter only
+its owner grows, so no interleaving of messages, no partition and no clock
+can make the rights the nodes hold add up to more than the amount:
+
+    sum over nodes of (spent + reserved) <= amount        (the invariant)
+
+**Overspend bound.**  Charges beyond the amount come only from a request
+whose real cost exceeds the reservation it was admitted under:
+``overspend <= sum over requests of max(0, real - reserved)``.  The proxy
+caps ``max_tokens`` at what the reservation covers and estimates prompt
+tokens from above (:func:`prompt_bound`: one token per UTF-8 byte plus a
+per-message allowance for chat-template tokens), so for an engine that
+honours ``max_tokens`` the bound is 0 tokens.  An engine that ignores
+``max_tokens`` can overspend by what it generates past it.  Rights a node
+holds while it is down or cut off are unusable (never spent twice) until it
+returns or the window ends: the cost of a partition is under-use, never
+overspend.
+
+Everything here is pure: the API side (:mod:`swarmd.api.limits`) holds
+this node's own counters and reservations, reads peers' slots from the
+snapshot, and writes its slots through the node machine.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from swarmd.core.keys import KeyInfo
+from swarmd.core.replica import Entry, TableSpec
+from swarmd.core.usage_counters import retained
+
+__all__ = ["ESCROW_TABLE", "Budget", "budgets_of", "escrow_spec", "mint", "prompt_bound",
+           "rights", "swarm_spent", "window_start"]
+
+ESCROW_TABLE = "escrow"
+#: Tokens allowed per chat message for template tokens (role markers and the like).
+MESSAGE_OVERHEAD = 16
+REQUEST_OVERHEAD = 32
+
+
+@dataclass(frozen=True)
+class Budget:
+    key_id: str
+    kind: str  # tok_d | usd_d | usd_m
+    window: str  # d20261203 | m202612
+    amount: int  # tokens or micro-USD
+    holders: tuple[str, ...]
+    resets_at: float  # unix seconds when the window ends
+    id: str = ""  # <key id>:<kind>:<window> (filled in)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", f"{self.key_id}:{self.kind}:{self.window}")
+
+    @property
+    def unit(self) -> str:
+        return "tokens" if self.kind == "tok_d" else "USD"
+
+
+def _day_end(wall: float) -> float:
+    return (int(wall) // 86400 + 1) * 86400.0
+
+
+def _month_end(wall: float) -> float:
+    t = time.gmtime(wall)
+    y, m = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    return float(calendar.timegm((y, m, 1, 0, 0, 0)))
+
+
+def budgets_of(info: KeyInfo, wall: float) -> list[Budget]:
+    """The key's budgets for the windows current at ``wall``."""
+    holders = info.holders or ((info.created_on,) if info.created_on else ())
+    out = []
+    day = time.strftime("d%Y%m%d", time.gmtime(wall))
+    month = time.strftime("m%Y%m", time.gmtime(wall))
+    if info.budget_tokens_day:
+        out.append(Budget(info.id, "tok_d", day, info.budget_tokens_day, holders,
+                          _day_end(wall)))
+    if info.budget_usd_day:
+        out.append(Budget(info.id, "usd_d", day, round(info.budget_usd_day * 1e6), holders,
+                          _day_end(wall)))
+    if info.budget_usd_month:
+        out.append(Budget(info.id, "usd_m", month, round(info.budget_usd_month * 1e6),
+                          holders, _month_end(wall)))
+    return out
+
+
+def window_start(window: str) -> float:
+    """Unix seconds at which ``d20261203`` / ``m202612`` begins."""
+    fmt = "%Y%m%d" if window[0] == "d" else "%Y%m"
+    return float(calendar.timegm(time.strptime(window[1:], fmt)))
+
+
+def mint(b: Budget, node: str) -> int:
+    if node not in b.holders:
+        return 0
+    share = b.amount // len(b.holders)
+    return share + (b.amount - share * len(b.holders) if node == b.holders[0] else 0)
+
+
+def _slot(e: Entry | None) -> int:
+    return int(e.value[0]) if e is not None and e.value else 0
+
+
+def rights(b: Budget, node: str, table: Mapping[str, Entry],
+           own: Mapping[str, int] | None = None) -> int:
+    """Rights ``node`` holds in ``b`` (before its local reservations).
+
+    ``own``: this node's own slot values where they are ahead of the table
+    (its authoritative counters), by slot key.
+    """
+    bid = b.id
+    own = own or {}
+
+    def val(key: str) -> int:
+        return max(own.get(key, 0), _slot(table.get(key)))
+
+    total = mint(b, node) - val(f"{node}|{bid}|$")
+    for key in _budget_keys(table, own, bid):
+        owner, rest = key.split("|", 1)
+        tail = rest[len(bid) + 1:]
+        if tail.startswith(">"):
+            if tail[1:] == node and owner != node:
+                total += val(key)
+            elif owner == node:
+                total -= val(key)
+    return total
+
+
+def _budget_keys(table: Mapping[str, Entry], own: Mapping[str, int], bid: str) -> set[str]:
+    marker = f"|{bid}|"
+    return {k for k in (*table.keys(), *own.keys()) if marker in k}
+
+
+def swarm_spent(b: Budget, table: Mapping[str, Entry],
+                own: Mapping[str, int] | None = None) -> int:
+    own = own or {}
+    suffix = f"|{b.id}|$"
+    keys = {k for k in (*table.keys(), *own.keys()) if k.endswith(suffix)}
+    return sum(max(own.get(k, 0), _slot(table.get(k))) for k in keys)
+
+
+def wants(b: Budget, table: Mapping[str, Entry], me: str) -> dict[str, int]:
+    """Cumulative amounts each other node asked for (``?`` slots)."""
+    suffix = f"|{b.id}|?"
+    return {k.split("|", 1)[0]: _slot(e) for k, e in table.items()
+            if k.endswith(suffix) and not k.startswith(me + "|")}
+
+
+def given_to(b: Budget, table: Mapping[str, Entry], own: Mapping[str, int],
+             giver: str, to: str) -> int:
+    key = f"{giver}|{b.id}|>{to}"
+    return max(own.get(key, 0), _slot(table.get(key)))
+
+
+def received_from_all(b: Budget, table: Mapping[str, Entry], node: str) -> int:
+    suffix = f"|{b.id}|>{node}"
+    return sum(_slot(e) for k, e in table.items() if k.endswith(suffix))
+
+
+class EscrowIndex:
+    """The shares table arranged by budget, built once per table version.
+
+    ``rights`` and ``spent`` then cost a few dictionary reads instead of a
+    scan of the table.  This node's own counters (``own``, authoritative and
+    never behind the table for its own slots) are passed in per call.
+    """
+
+    def __init__(self, table: Mapping[str, Entry]) -> None:
+        self.spent: dict[str, dict[str, int]] = {}
+        self.given: dict[str, dict[tuple[str, str], int]] = {}
+        self.want: dict[str, dict[str, int]] = {}
+        for key, e in table.items():
+            parts = key.split("|")
+            if len(parts) != 3 or not e.value:
+                continue
+            node, bid, tail = parts
+            v = int(e.value[0])
+            if tail == "$":
+                self.spent.setdefault(bid, {})[node] = v
+            elif tail == "?":
+                self.want.setdefault(bid, {})[node] = v
+            elif tail.startswith(">"):
+                self.given.setdefault(bid, {})[(node, tail[1:])] = v
+
+    def rights(self, b: Budget, node: str, own: Mapping[str, int]) -> int:
+        bid = b.id
+        total = mint(b, node) - max(own.get(f"{node}|{bid}|$", 0),
+                                    self.spent.get(bid, {}).get(node, 0))
+        for (giver, to), v in self.given.get(bid, {}).items():
+            if to == node and giver != node:
+                total += v
+            elif giver == node:
+                total -= max(v, own.get(f"{node}|{bid}|>{to}", 0))
+        prefix = f"{node}|{bid}|>"
+        for k, v in own.items():  # transfers of ours the table has not seen yet
+            if k.startswith(prefix) and (node, k[len(prefix):]) not in self.given.get(bid, {}):
+                total -= v
+        return total
+
+    def swarm_spent(self, b: Budget, node: str, own: Mapping[str, int]) -> int:
+        spent = dict(self.spent.get(b.id, {}))
+        spent[node] = max(spent.get(node, 0), own.get(f"{node}|{b.id}|$", 0))
+        return sum(spent.values())
+
+    def wants(self, b: Budget, me: str) -> dict[str, int]:
+        return {n: v for n, v in self.want.get(b.id, {}).items() if n != me}
+
+    def received(self, b: Budget, node: str) -> int:
+        return sum(v for (_, to), v in self.given.get(b.id, {}).items() if to == node)
+
+
+def prompt_fast_bound(raw_len: int, messages: int) -> int:
+    """An upper bound on the prompt's tokens from the body's size alone.
+
+    The JSON body holds every byte of prompt text (escaping only adds bytes),
+    so its length bounds the text's UTF-8 bytes, and a token is at least one
+    byte; chat templates add up to :data:`MESSAGE_OVERHEAD` tokens a message.
+    """
+    return REQUEST_OVERHEAD + MESSAGE_OVERHEAD * messages + raw_len
+
+
+def prompt_bound(body: Mapping[str, Any]) -> int:
+    """An upper bound on the prompt's tokens, from the request body alone."""
+    total = REQUEST_OVERHEAD
+    msgs = body.get("messages")
+    if isinstance(msgs, list):
+        for m in msgs:
+            total += MESSAGE_OVERHEAD + _text_bytes(m)
+    for field in ("prompt", "input", "instructions", "tools", "system"):
+        if field in body:
+            total += _text_bytes(body[field])
+    return total
+
+
+def _text_bytes(v: Any) -> int:
+    if isinstance(v, str):
+        return len(v.encode())
+    if isinstance(v, Mapping):
+        return sum(_text_bytes(x) for x in v.values()) + sum(len(str(k)) for k in v)
+    if isinstance(v, list | tuple):
+        return sum(_text_bytes(x) for x in v) + (len(v) if v and isinstance(v[0], int) else 0)
+    if isinstance(v, int | float):
+        return 8
+    return 0
+
+
+def _window_of(key: str) -> str | None:
+    parts = key.split("|")
+    if len(parts) != 3:
+        return None
+    bid = parts[1].split(":")
+    return bid[2] if len(bid) == 3 else None
+
+
+def _valid(key: str, value: Any) -> bool:
+    parts = key.split("|")
+    return (len(parts) == 3 and bool(parts[0]) and parts[2][:1] in ("$", "?", ">")
+            and _window_of(key) is not None)
+
+
+def _keep(key: str, wall: float) -> bool:
+    w = _window_of(key)
+    return w is not None and retained(w, wall)
+
+
+def escrow_spec() -> TableSpec:
+    return TableSpec(ESCROW_TABLE, kind="max", max_entries=200_000, validate=_valid,
+                     retain=_keep)
+
+
+def slots_of(node: str, budgets: Iterable[Budget]) -> list[str]:
+    return [f"{node}|{b.id}|$" for b in budgets]
