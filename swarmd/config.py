@@ -289,6 +289,10 @@ def validate(cfg: Config) -> None:
                           "tls_cert and tls_key go together")
     if cfg.api.tls and cfg.api.tls_cert:
         raise ConfigError("api.tls", "give tls = \"self-signed\" or tls_cert/tls_key, not both")
+    if not 0 <= cfg.limits.warn <= 1:
+        raise ConfigError("limits.warn", "must be a fraction in [0, 1]")
+    if cfg.limits.webhook and not re.match(r"^https?://", cfg.limits.webhook):
+        raise ConfigError("limits.webhook", f"{cfg.limits.webhook!r} is not an http(s) URL")
     if cfg.limits.default_max_tokens < 1:
         raise ConfigError("limits.default_max_tokens", "must be >= 1")
     if cfg.usage.retention_days < 1:

@@ -291,6 +291,14 @@ class LimitsSection:
     #: token rates (rate limits are swarm-wide: each node adds the others'
     #: last published minute to its own).
     rate_publish_interval: float = 1.0
+    #: Fraction of a key's budget whose use is warned about (a log line, the
+    #: ``swarmd_budget_used`` gauge, and a POST to ``webhook``); user and
+    #: project budgets set their own.  0: no warnings.
+    warn: float = 0.8
+    #: URL the coordinator POSTs a JSON warning to when a budget passes its
+    #: warn fraction (``{"budget", "owner", "kind", "window", "used",
+    #: "amount", "resets_at"}``).  Empty: none.
+    webhook: str = ""
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,10 @@ class RequestMetrics:
         self.auth_failures = Counter(
             "swarmd_auth_failures", "Requests refused by auth, by status (401, 403)",
             ["status"], registry=registry)
+        self.budget_used = Gauge(
+            "swarmd_budget_used", "Fraction of a budget used swarm-wide, set when it passes "
+            "its warn fraction ([limits] warn), by owner and kind (tok_d, usd_d, usd_m)",
+            ["owner", "kind"], registry=registry)
         self._labels: dict[str, set[str]] = {"model": set(), "project": set()}
 
     def _bounded(self, kind: str, value: str) -> str:

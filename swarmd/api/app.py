@@ -40,7 +40,12 @@ from swarmd.api.accounting import Accounting, usage_answer
 from swarmd.api.auth import PRINCIPAL_KEY, Auth
 from swarmd.api.client_apis import register_client_apis
 from swarmd.api.errors import ApiError
-from swarmd.api.key_service import KeyService, register_key_routes
+from swarmd.api.key_service import (
+    BudgetService,
+    KeyService,
+    register_budget_routes,
+    register_key_routes,
+)
 from swarmd.api.proxy import Forwarder, Proxy
 from swarmd.api.upstream import LocalEngines, LocalUpstream
 from swarmd.config import ApiSection, RoutingSection, parse_hostport
@@ -184,6 +189,8 @@ def create_app(deps: ApiDeps) -> web.Application:
     if deps.keys is not None:
         keys = deps.keys
         register_key_routes(app, lambda: keys)  # admin scope (swarmd/api/auth.py)
+        budgets = BudgetService(deps.snapshot, keys._write)
+        register_budget_routes(app, lambda: budgets)
     if deps.accounting is not None:
         app.router.add_get("/v1/usage", _usage)
     return app

@@ -74,7 +74,7 @@ OPEN_ROUTES = frozenset({("GET", "/health"), ("GET", "/ready"), ("GET", "/"), ("
 #: Model lists: any scope may read them (an inference client lists models first).
 LIST_PREFIXES = ("/v1/models", "/api/tags", "/api/ps", "/api/show")
 READ_PREFIXES = ("/metrics", "/v1/usage")
-ADMIN_PREFIXES = ("/v1/keys", "/api/pull", "/api/delete", "/api/copy", "/api/create",
+ADMIN_PREFIXES = ("/v1/keys", "/v1/budgets", "/api/pull", "/api/delete", "/api/copy", "/api/create",
                   "/api/push")
 
 

@@ -193,3 +193,87 @@ def register_key_routes(app: web.Application, service: Callable[[], KeyService |
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": "invalid_request_error",
                                         "param": None, "code": None}}, status=status)
+
+
+# -- user and project budgets ---------------------------------------------------------
+
+
+class BudgetService:
+    """``/v1/budgets``: a user's or project's token and USD limits (replicated table)."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], write: Write) -> None:
+        self._snapshot = snapshot
+        self._write = write
+
+    def list(self) -> list[dict[str, Any]]:
+        from swarmd.core.escrow import BUDGETS_TABLE, parse_budget
+
+        rows = []
+        for k, e in sorted(self._snapshot().tables.get(BUDGETS_TABLE, {}).items()):
+            spec = parse_budget(k, e.value) if e.value is not None else None
+            if spec is not None:
+                rows.append({"scope": spec.scope, "name": spec.name, **spec.value()})
+        return rows
+
+    async def set(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        from swarmd.core.escrow import BUDGETS_TABLE, BudgetSpec, parse_budget
+
+        if not isinstance(body, Mapping):
+            raise KeyError_(400, "body must be a JSON object")
+        scope, name = body.get("scope"), body.get("name")
+        if scope not in ("user", "project") or not isinstance(name, str) or not name:
+            raise KeyError_(400, '"scope" (user or project) and "name" are required')
+        snap = self._snapshot()
+        holders = sorted(n.node_id for n in snap.alive())[:MAX_HOLDERS] or [snap.node_id]
+        value = {k: body[k] for k in ("tokens_day", "usd_day", "usd_month", "warn")
+                 if k in body}
+        value["holders"] = holders
+        spec = parse_budget(f"{scope}:{name}", value)
+        if spec is None:
+            raise KeyError_(400, "tokens_day must be a non-negative integer; usd_day and "
+                                 "usd_month non-negative numbers; warn a fraction in [0, 1]")
+        assert isinstance(spec, BudgetSpec)
+        await self._write(BUDGETS_TABLE, spec.key, spec.value())
+        return {"scope": scope, "name": name, **spec.value()}
+
+    async def delete(self, scope: str, name: str) -> dict[str, Any]:
+        from swarmd.core.escrow import BUDGETS_TABLE
+
+        key = f"{scope}:{name}"
+        e = self._snapshot().tables.get(BUDGETS_TABLE, {}).get(key)
+        if e is None or e.value is None:
+            raise KeyError_(404, f"no budget for {scope} {name!r}")
+        await self._write(BUDGETS_TABLE, key, None)
+        return {"scope": scope, "name": name, "removed": True}
+
+
+def register_budget_routes(app: web.Application, service: Callable[[], BudgetService | None],
+                           prefix: str = "/v1") -> None:
+    async def call(fn: Callable[[BudgetService], Awaitable[Any]]) -> web.Response:
+        s = service()
+        if s is None:
+            return _error(503, "budgets are not available on this node yet")
+        try:
+            return web.json_response(await fn(s))
+        except KeyError_ as exc:
+            return _error(exc.status, str(exc))
+
+    async def list_(request: web.Request) -> web.Response:
+        async def go(s: BudgetService) -> Any:
+            return {"budgets": s.list()}
+        return await call(go)
+
+    async def put(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "body is not valid JSON")
+        return await call(lambda s: s.set(body))
+
+    async def delete(request: web.Request) -> web.Response:
+        return await call(lambda s: s.delete(request.match_info["scope"],
+                                             request.match_info["name"]))
+
+    app.router.add_get(f"{prefix}/budgets", list_)
+    app.router.add_post(f"{prefix}/budgets", put)
+    app.router.add_delete(f"{prefix}/budgets/{{scope}}/{{name}}", delete)

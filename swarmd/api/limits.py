@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -45,7 +46,7 @@ from swarmd.api.errors import ApiError
 from swarmd.api.validate import ParsedRequest
 from swarmd.config import LimitsSection
 from swarmd.core import escrow
-from swarmd.core.escrow import ESCROW_TABLE, Budget
+from swarmd.core.escrow import BUDGETS_TABLE, ESCROW_TABLE, Budget
 from swarmd.core.keys import KeyInfo
 from swarmd.core.replica import Entry
 from swarmd.core.snapshot import Snapshot
@@ -56,6 +57,8 @@ log = logging.getLogger("swarmd.limits")
 FLUSH_EVERY = 0.25
 GIVE_EVERY = 0.25
 RATE_WINDOW = 60.0
+#: Seconds after its last local request during which a node keeps part of its share.
+KEEP_FOR = 60.0
 MAX_RATE_KEYS = 256
 
 WriteMany = Callable[[str, list[tuple[str, tuple[int, ...]]]], None]
@@ -141,7 +144,15 @@ class Limits:
         self._rates: dict[str, _RateWindow] = {}
         self._published: dict[str, list[int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._bcache: dict[str, tuple[int, KeyInfo, list[Budget]]] = {}
+        self._bcache: dict[str, tuple[int, KeyInfo, list[Budget], object]] = {}
+        self._warned: set[str] = set()
+        self._last_local: dict[str, float] = {}
+        self._hooked: set[str] = set()
+        #: Called once per budget window when its swarm-wide use passes its
+        #: warn fraction: (budget, fraction used).
+        self.on_warn: Callable[[Budget, float], None] | None = None
+        #: Like on_warn, but only while this node is the coordinator (webhooks).
+        self.on_hook: Callable[[Budget, float], None] | None = None
         self._idx = escrow.EscrowIndex({})
         self._idx_table: object = None
         self._was_caught_up = False
@@ -202,6 +213,7 @@ class Limits:
                 have = idx.rights(b, self.node_id, self.own) - self.reserved[b.id]
                 if have >= worst:
                     self.reserved[b.id] += worst
+                    self._last_local[b.id] = self._clock()
                     if asked:
                         self.stats["borrowed"] += 1
                     return
@@ -224,15 +236,22 @@ class Limits:
             await asyncio.sleep(0.02)
 
     def _budgets_of(self, info: KeyInfo, wall: float) -> list[Budget]:
-        """The key's current budgets (cached per key and wall-clock second)."""
+        """The key's current budgets, its user's and its project's (cached per second)."""
         sec = int(wall)
+        table = self._snapshot().tables.get(BUDGETS_TABLE, {})
         hit = self._bcache.get(info.id)
-        if hit is not None and hit[0] == sec and hit[1] is info:
+        if hit is not None and hit[0] == sec and hit[1] is info and hit[3] is table:
             return hit[2]
-        bs = escrow.budgets_of(info, wall)
+        bs = [dataclasses.replace(b, warn=self.config.warn)
+              for b in escrow.budgets_of(info, wall)]
+        for scope, name in (("user", info.user), ("project", info.project)):
+            e = table.get(f"{scope}:{name}") if name else None
+            spec = escrow.parse_budget(e.key, e.value) if e is not None and e.value else None
+            if spec is not None:
+                bs += spec.windows(wall)
         if len(self._bcache) > 10_000:
             self._bcache.clear()
-        self._bcache[info.id] = (sec, info, bs)
+        self._bcache[info.id] = (sec, info, bs, table)
         return bs
 
     def _index(self) -> escrow.EscrowIndex:
@@ -377,7 +396,8 @@ class Limits:
                 outstanding = want - got
                 if outstanding <= 0:
                     continue
-                spare = idx.rights(b, self.node_id, self.own) - self.reserved[bid]
+                spare = (idx.rights(b, self.node_id, self.own) - self.reserved[bid]
+                         - self._keep(b))
                 amount = min(outstanding, spare // 2 if spare > 1 else spare)
                 if amount <= 0:
                     continue
@@ -389,12 +409,52 @@ class Limits:
             self.flush()
         return made
 
+    def _keep(self, b: Budget) -> int:
+        """Rights a giver keeps for its own clients: a quarter of its minted
+        share while it served this budget in the last KEEP_FOR seconds (so a
+        node cut off right after its neighbours asked still has some), else 0."""
+        last = self._last_local.get(b.id)
+        if last is None or self._clock() - last > KEEP_FOR:
+            return 0
+        return escrow.mint(b, self.node_id) // 4
+
     def watch_budgets(self, infos: Mapping[str, KeyInfo]) -> None:
-        """Track the current windows of every budgeted key (so wants get answered)."""
+        """Track the current windows of every budget (so wants get answered)."""
         wall = self._wall()
         for info in infos.values():
             for b in self._budgets_of(info, wall):
                 self._budgets.setdefault(b.id, b)
+
+    def check_warnings(self) -> list[tuple[Budget, float]]:
+        """Budgets whose swarm-wide use passed their warn fraction.
+
+        ``on_warn`` hears each once per window on every node (a log line and
+        a gauge); ``on_hook`` (the webhook) only on the coordinator, once per
+        window there -- at least once in all: a new coordinator may repeat it.
+        """
+        idx = self._index()
+        out = []
+        snap = self._snapshot()
+        coordinator = snap.coordinator is not None and snap.coordinator[0] == self.node_id
+        for bid, b in self._budgets.items():
+            if not b.warn or b.amount <= 0 or (bid in self._warned and (
+                    bid in self._hooked or not coordinator)):
+                continue
+            used = idx.swarm_spent(b, self.node_id, self.own) / b.amount
+            if used < b.warn:
+                continue
+            out.append((b, used))
+            for seen, hook in ((self._warned, self.on_warn),
+                               (self._hooked, self.on_hook if coordinator else None)):
+                if bid in seen or (hook is None and seen is self._hooked):
+                    continue
+                seen.add(bid)
+                if hook is not None:
+                    try:
+                        hook(b, used)
+                    except Exception:
+                        log.exception("budget warning hook failed")
+        return out
 
     async def _run(self, keys: Callable[[], Mapping[str, KeyInfo]]) -> None:
         next_rates = 0.0
@@ -402,6 +462,7 @@ class Limits:
             await asyncio.sleep(min(FLUSH_EVERY, GIVE_EVERY))
             try:
                 self.watch_budgets(keys())
+                self.check_warnings()
                 self.give()
                 self.flush()
                 now = self._clock()
@@ -436,7 +497,7 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
 def _describe(b: Budget) -> str:
     what = {"tok_d": "tokens per day", "usd_d": "USD per day", "usd_m": "USD per month"}[b.kind]
     amount = f"{b.amount}" if b.kind == "tok_d" else f"{b.amount / 1e6:g}"
-    return f"the budget of {amount} {what} of key {b.key_id}"
+    return f"the budget of {amount} {what} of {b.label or 'key ' + b.key_id}"
 
 
 def _quota_error(b: Budget, info: KeyInfo, left: int, worst: int, wall: float) -> ApiError:

@@ -38,18 +38,29 @@ async def relay(request: web.Request, ex: Exchange, rid: str,
         await resp.prepare(request)
         ex.sent_status = resp.status
         chunk = await ex.read()
-        while chunk:
-            if sse and chunk.endswith(b"data: [DONE]\n\n"):
-                # The last event: read to the end and book the request
-                # (usage record, limits) before the client can see it
-                # finished, so a crash right after loses nothing.
-                rest = await ex.read()
-                while rest:
-                    chunk += rest
+        if sse:
+            while chunk:
+                if chunk.endswith(b"data: [DONE]\n\n"):
+                    # The last event: read to the end and book the request
+                    # (usage record, limits) before the client can see it
+                    # finished, so a crash right after loses nothing.
                     rest = await ex.read()
-                await ex.aclose()
-            await resp.write(chunk)
-            chunk = await ex.read()
+                    while rest:
+                        chunk += rest
+                        rest = await ex.read()
+                    await ex.aclose()
+                await resp.write(chunk)
+                chunk = await ex.read()
+        else:
+            # A JSON body may carry Content-Length, so its client is done at
+            # its last byte: hold each chunk until the next one comes, and
+            # book the request before the last goes out.
+            while chunk:
+                nxt = await ex.read()
+                if not nxt:
+                    await ex.aclose()
+                await resp.write(chunk)
+                chunk = nxt
         await ex.aclose()  # booked before the final chunk (write_eof) goes out
     except UpstreamError as exc:
         code = "upstream_timeout" if exc.kind == "timeout" else "upstream_error"

@@ -209,7 +209,13 @@ def build_app(provider: ControlProvider, registry: CollectorRegistry | None = No
     from swarmd.api.key_service import register_key_routes  # a provider's key_service
 
     register_key_routes(app, lambda: getattr(provider, "key_service", None), API_PREFIX)
+    from swarmd.api.key_service import register_budget_routes
+
+    register_budget_routes(app, lambda: getattr(provider, "budget_service", None), API_PREFIX)
     app.router.add_get(f"{API_PREFIX}/usage", h.usage)
+    from swarmd.control import deploy_routes  # a provider's deployer
+
+    deploy_routes.register(app, lambda: getattr(provider, "deployer", None), API_PREFIX)
     app.router.add_get(f"{API_PREFIX}/engines", h.engines)
     app.router.add_post(f"{API_PREFIX}/engines/{{id}}/test", h.engine_test)
     if registry is not None:

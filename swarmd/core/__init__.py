@@ -19,8 +19,16 @@ libp2p or aiohttp; events and ``now`` go in, actions come out
   ``swarmctl`` shows), :mod:`~swarmd.core.addrs` (seed and multiaddr parsing).
 - :mod:`~swarmd.core.admission`, :mod:`~swarmd.core.forward_wire`,
   :mod:`~swarmd.core.routing`, :mod:`~swarmd.core.load_change`.
+- replicated tables: :mod:`~swarmd.core.replica` (merge rules, delta gossip,
+  anti-entropy), :mod:`~swarmd.core.hlc` (clocks), :mod:`~swarmd.core.tables`
+  (the list); their contents: :mod:`~swarmd.core.keys`,
+  :mod:`~swarmd.core.usage_counters`, :mod:`~swarmd.core.escrow` (budgets),
+  :mod:`~swarmd.core.deployments` (deployments and placements).
+- engines the swarm runs: :mod:`~swarmd.core.fit` (memory a model needs),
+  :mod:`~swarmd.core.placement` (who runs what).
 
-A new replicated swarm-wide table goes here: its rules in a new module, its
-key in the record (protocol/records.md), its state and messages in
-:class:`swarmd.core.node.NodeMachine`.
+A new replicated swarm-wide table goes here: a ``TableSpec`` in
+:mod:`~swarmd.core.tables` and its content rules in a new module
+(protocol/tables.md); :class:`swarmd.core.node.NodeMachine` spreads, syncs
+and snapshots it, the trio shell persists it.
 """

@@ -68,13 +68,19 @@ REQUEST_OVERHEAD = 32
 
 @dataclass(frozen=True)
 class Budget:
+    #: Whose budget: a key id, or ``u<hash>`` / ``p<hash>`` for a user's or a
+    #: project's (:func:`owner_of`; the name is in ``label``).
     key_id: str
     kind: str  # tok_d | usd_d | usd_m
     window: str  # d20261203 | m202612
     amount: int  # tokens or micro-USD
     holders: tuple[str, ...]
     resets_at: float  # unix seconds when the window ends
-    id: str = ""  # <key id>:<kind>:<window> (filled in)
+    id: str = ""  # <owner>:<kind>:<window> (filled in)
+    #: What people call the owner: "key 3f2a...", "user ann", "project demo".
+    label: str = ""
+    #: Fraction of the amount past which a warning goes out (0: none).
+    warn: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", f"{self.key_id}:{self.kind}:{self.window}")
@@ -97,19 +103,87 @@ def _month_end(wall: float) -> float:
 def budgets_of(info: KeyInfo, wall: float) -> list[Budget]:
     """The key's budgets for the windows current at ``wall``."""
     holders = info.holders or ((info.created_on,) if info.created_on else ())
+    return _windows(info.id, f"key {info.prefix}...", info.budget_tokens_day,
+                    info.budget_usd_day, info.budget_usd_month, holders, 0.0, wall)
+
+
+def _windows(owner: str, label: str, tokens_day: int, usd_day: float, usd_month: float,
+             holders: tuple[str, ...], warn: float, wall: float) -> list[Budget]:
     out = []
     day = time.strftime("d%Y%m%d", time.gmtime(wall))
     month = time.strftime("m%Y%m", time.gmtime(wall))
-    if info.budget_tokens_day:
-        out.append(Budget(info.id, "tok_d", day, info.budget_tokens_day, holders,
-                          _day_end(wall)))
-    if info.budget_usd_day:
-        out.append(Budget(info.id, "usd_d", day, round(info.budget_usd_day * 1e6), holders,
-                          _day_end(wall)))
-    if info.budget_usd_month:
-        out.append(Budget(info.id, "usd_m", month, round(info.budget_usd_month * 1e6),
-                          holders, _month_end(wall)))
+    if tokens_day:
+        out.append(Budget(owner, "tok_d", day, tokens_day, holders, _day_end(wall),
+                          label=label, warn=warn))
+    if usd_day:
+        out.append(Budget(owner, "usd_d", day, round(usd_day * 1e6), holders, _day_end(wall),
+                          label=label, warn=warn))
+    if usd_month:
+        out.append(Budget(owner, "usd_m", month, round(usd_month * 1e6), holders,
+                          _month_end(wall), label=label, warn=warn))
     return out
+
+
+# -- user and project budgets: the ``budgets`` table --------------------------------
+
+BUDGETS_TABLE = "budgets"
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A user's or project's limits (table key ``user:<name>`` / ``project:<name>``)."""
+
+    scope: str  # user | project
+    name: str
+    tokens_day: int = 0
+    usd_day: float = 0.0
+    usd_month: float = 0.0
+    #: Warn (log, metric, webhook) once a window's use passes this fraction; 0: never.
+    warn: float = 0.8
+    holders: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope}:{self.name}"
+
+    @property
+    def owner(self) -> str:
+        return owner_of(self.scope, self.name)
+
+    def value(self) -> dict[str, Any]:
+        return {"tokens_day": self.tokens_day, "usd_day": self.usd_day,
+                "usd_month": self.usd_month, "warn": self.warn, "holders": list(self.holders)}
+
+    def windows(self, wall: float) -> list[Budget]:
+        return _windows(self.owner, f"{self.scope} {self.name}", self.tokens_day, self.usd_day,
+                        self.usd_month, self.holders, self.warn, wall)
+
+
+def owner_of(scope: str, name: str) -> str:
+    """A 12-character owner id for escrow slot keys (names may hold any character)."""
+    import hashlib
+
+    return scope[0] + hashlib.sha256(f"{scope}:{name}".encode()).hexdigest()[:11]
+
+
+def parse_budget(key: str, v: Mapping[str, Any]) -> BudgetSpec | None:
+    scope, _, name = key.partition(":")
+    if scope not in ("user", "project") or not 0 < len(name) <= 128:
+        return None
+    t, ud, um, warn, holders = (v.get("tokens_day", 0), v.get("usd_day", 0.0),
+                                v.get("usd_month", 0.0), v.get("warn", 0.8),
+                                v.get("holders", []))
+    nums = (t, ud, um, warn)
+    if (any(isinstance(x, bool) or not isinstance(x, int | float) or x < 0 for x in nums)
+            or not isinstance(t, int) or warn > 1 or not isinstance(holders, list)
+            or len(holders) > 64 or not all(isinstance(h, str) and h for h in holders)):
+        return None
+    return BudgetSpec(scope, name, t, float(ud), float(um), float(warn), tuple(holders))
+
+
+def budgets_spec() -> TableSpec:
+    return TableSpec(BUDGETS_TABLE, max_entries=10_000,
+                     validate=lambda k, v: parse_budget(k, v) is not None)
 
 
 def window_start(window: str) -> float:

@@ -105,6 +105,10 @@ class TableSpec:
     #: ``retain(key, wall_seconds)``: False once every node drops the entry
     #: (expired counters).  Applied on arrival and every :data:`PRUNE_EVERY` s.
     retain: Callable[[str, float], bool] | None = None
+    #: lww only: what "later" means, if not the stamp alone -- e.g.
+    #: ``(epoch, stamp)`` for placements, so an entry from a stale
+    #: coordinator loses whatever its clock says.  Must be a total order.
+    rank: Callable[[Entry], Any] | None = None
 
 
 def _entry_hash(e: Entry, kind: str) -> int:
@@ -190,6 +194,9 @@ class Table:
                                                                                         strict=True)))
         if self.spec.final_tombstones and old.dead != e.dead:
             return old if old.dead else e
+        rank = self.spec.rank
+        if rank is not None:
+            return e if rank(e) > rank(old) else old
         return e if e.stamp > old.stamp else old
 
     # -- codec ------------------------------------------------------------

@@ -9,11 +9,13 @@ under ``data_dir/tables/`` and the snapshot carries them to the HTTP side.
 
 from __future__ import annotations
 
-from swarmd.core.escrow import escrow_spec
+from swarmd.core.deployments import deployments_spec, placements_spec
+from swarmd.core.escrow import budgets_spec, escrow_spec
 from swarmd.core.keys import keys_spec
 from swarmd.core.replica import TableSpec
 from swarmd.core.usage_counters import usage_spec
 
 
 def swarm_tables() -> tuple[TableSpec, ...]:
-    return (keys_spec(), usage_spec(), escrow_spec())
+    return (keys_spec(), usage_spec(), escrow_spec(), budgets_spec(), deployments_spec(),
+            placements_spec())

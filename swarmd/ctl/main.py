@@ -22,16 +22,21 @@ from types import ModuleType
 
 from swarmd.control.client import ControlClient, ControlError
 from swarmd.ctl import (
+    budgets,
     drain,
     engines,
     join,
     keys,
     leave,
+    logs,
     models,
     nodes,
+    ps,
     pull,
     rm,
+    run,
     status,
+    stop,
     usage,
 )
 
@@ -45,7 +50,12 @@ COMMANDS: dict[str, ModuleType] = {
     "pull": pull,
     "rm": rm,
     "keys": keys,
+    "budgets": budgets,
     "engines": engines,
+    "run": run,
+    "stop": stop,
+    "ps": ps,
+    "logs": logs,
     "usage": usage,
 }
 

@@ -197,6 +197,17 @@ class EngineManager:
         self._slots[eid] = _Slot(engine)
         return eid
 
+    def add(self, spec: EngineSpec) -> str:
+        """Add an engine at run time (one swarmd launched); polled at once."""
+        eid = self._add(spec)
+        self.poke()
+        return eid
+
+    def remove(self, engine_id: str) -> None:
+        """Forget an engine (a managed one that was stopped)."""
+        if self._slots.pop(engine_id, None) is not None:
+            self._report()
+
     async def detect_once(self) -> list[str]:
         """Run local detection now; returns the ids of engines added."""
         taken = {endpoint_key(s.spec.url) for s in self._slots.values()}

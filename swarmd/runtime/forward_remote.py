@@ -94,8 +94,9 @@ class BridgedForwarder:
                  alive: Callable[[str], bool] | None = None) -> None:
         self.bridge = bridge
         self.client = client
-        #: Whether membership lists a node as alive; forwards to a node that
-        #: stops being alive are abandoned within DEATH_POLL seconds (before
+        #: False once membership declared a node dead (suspect is not dead:
+        #: a slow node is not cut off); forwards to it are abandoned within
+        #: DEATH_POLL seconds (before
         #: the first byte: retried elsewhere) instead of waiting for a
         #: timeout -- a cut link sends no reset.
         self.alive = alive

@@ -16,12 +16,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
 from swarmd.api.accounting import Accounting
 from swarmd.api.auth import LOOPBACK, Auth
 from swarmd.api.key_service import KeyService
 from swarmd.api.limits import Limits
 from swarmd.config import Config, parse_hostport
-from swarmd.core.escrow import budgets_of, window_start
+from swarmd.core.escrow import Budget, budgets_of, window_start
 from swarmd.core.keys import KeyInfo
 from swarmd.core.replica import Entry
 from swarmd.core.snapshot import Snapshot
@@ -48,7 +50,8 @@ class KeysAndUsage:
                     write_table: Callable[[str, str, Any], Awaitable[Entry]],
                     write_table_many: Callable[[str, list[tuple[str, Any]]], None],
                     update_record: Callable[[Mapping[str, Any]], None],
-                    metrics: RequestMetrics | None = None) -> KeysAndUsage:
+                    metrics: RequestMetrics | None = None,
+                    session: aiohttp.ClientSession | None = None) -> KeysAndUsage:
         """``write_table`` / ``write_table_many`` are trio-side calls (the node's)."""
         mode = cfg.api.auth
         host, _ = parse_hostport(cfg.api.listen)
@@ -82,6 +85,7 @@ class KeysAndUsage:
         spent = await asyncio.to_thread(_spent_on_disk, auth.ring.keys(), store,
                                         snap.node_id, time.time())
         limits.load_own(spent)
+        limits.on_warn, limits.on_hook = _warner(cfg, metrics, session)
         limits.start(auth.ring.keys)
         return cls(auth, keys, acct, limits)
 
@@ -92,6 +96,40 @@ class KeysAndUsage:
     async def stop(self) -> None:
         await self.limits.stop()
         await self.accounting.stop()
+
+
+def _warner(cfg: Config, metrics: RequestMetrics | None, session: aiohttp.ClientSession | None
+            ) -> tuple[Callable[[Budget, float], None], Callable[[Budget, float], None] | None]:
+    """(on_warn, on_hook): a budget passed its warn fraction -- log it and set
+    the gauge (every node); POST it to ``[limits] webhook`` (the coordinator)."""
+    pending: set[asyncio.Task[None]] = set()
+
+    def warn(b: Budget, used: float) -> None:
+        log.warning("%s of %s is %.0f%% used (warn at %.0f%%; resets %s)", b.kind, b.label,
+                    used * 100, b.warn * 100, time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                            time.gmtime(b.resets_at)))
+        if metrics is not None:
+            metrics.budget_used.labels(b.label[:64], b.kind).set(used)
+
+    def hook(b: Budget, used: float) -> None:
+        assert session is not None
+        doc = {"budget": b.id, "owner": b.label, "kind": b.kind, "window": b.window,
+               "used": round(used, 4), "amount": b.amount, "resets_at": b.resets_at}
+
+        async def post() -> None:
+            try:
+                async with session.post(cfg.limits.webhook, json=doc,
+                                        timeout=aiohttp.ClientTimeout(total=10)) as r:
+                    if r.status >= 400:
+                        log.warning("budget webhook answered HTTP %d", r.status)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning("budget webhook failed: %r", exc)
+
+        t = asyncio.ensure_future(post())
+        pending.add(t)
+        t.add_done_callback(pending.discard)
+
+    return warn, (hook if cfg.limits.webhook and session is not None else None)
 
 
 def _spent_on_disk(keys: Mapping[str, KeyInfo], store: UsageStore, node_id: str,

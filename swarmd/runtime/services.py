@@ -25,7 +25,7 @@ import aiohttp
 
 from swarmd.api.accounting import Accounting
 from swarmd.api.app import ApiDeps, ApiServer
-from swarmd.api.key_service import KeyService
+from swarmd.api.key_service import BudgetService, KeyService
 from swarmd.api.ollama_api import OllamaServer
 from swarmd.api.tls import server_context
 from swarmd.config import Config
@@ -33,11 +33,13 @@ from swarmd.control.server import start_control_server
 from swarmd.core.replica import Entry
 from swarmd.core.snapshot import Snapshot
 from swarmd.core.views import ModelsDoc, StatusDoc, models_view, status_view
+from swarmd.engines.deployer import Deployer
 from swarmd.engines.manager import EngineManager
 from swarmd.join_token import encode_join_token
 from swarmd.metrics import SwarmCollector, new_registry
 from swarmd.models.service import ModelService
 from swarmd.runtime.bridge import Bridge
+from swarmd.runtime.deploy_setup import start_deployer
 from swarmd.runtime.forward import (
     ForwardClient,
     ForwardServer,
@@ -87,9 +89,11 @@ class ControlProviderImpl:
         self.bridge = bridge
         self.model_service: ModelService | None = None
         self.key_service: KeyService | None = None
+        self.budget_service: BudgetService | None = None
         self.accounting: Accounting | None = None
         self.api_tls_fingerprint: str | None = None
         self.engine_manager: EngineManager | None = None
+        self.deployer: Deployer | None = None
 
     def status(self) -> StatusDoc:
         doc = status_view(self.ports.snapshot())
@@ -110,6 +114,11 @@ class ControlProviderImpl:
 
     async def drain(self, on: bool) -> None:
         self.bridge.call_trio_soon(self.ports.update_record, {"draining": bool(on)})
+
+
+def _not_dead(snap: Snapshot, node_id: str) -> bool:
+    """False once membership declared ``node_id`` dead or left (suspect is not dead)."""
+    return any(n.node_id == node_id and n.state not in ("dead", "left") for n in snap.nodes)
 
 
 async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Started:
@@ -153,7 +162,7 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
                                       write_table=ports.write_table,
                                       write_table_many=ports.write_table_many,
                                       update_record=ports.update_record,
-                                      metrics=request_metrics)
+                                      metrics=request_metrics, session=session)
         cleanups.append(ku.stop)
         api = ApiServer(
             ApiDeps(
@@ -164,8 +173,8 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
                 routing=cfg.routing,
                 snapshot=ports.snapshot,
                 local=engines,
-                remote=BridgedForwarder(bridge, client, alive=lambda node_id: any(
-                    n.node_id == node_id for n in ports.snapshot().alive())),
+                remote=BridgedForwarder(bridge, client, alive=lambda node_id: _not_dead(
+                    ports.snapshot(), node_id)),
                 session=session,
                 registry=registry,
                 metrics=request_metrics,
@@ -198,7 +207,14 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
         provider.api_tls_fingerprint = fingerprint
         provider.model_service = models  # the control API's /v1/store routes
         provider.key_service = ku.keys  # /v1/keys
+        provider.budget_service = BudgetService(ports.snapshot, ku.keys._write)  # /v1/budgets
         provider.engine_manager = engines  # /v1/engines
+        deployer = await start_deployer(cfg, bridge, snapshot=ports.snapshot,
+                                        write_table=ports.write_table,
+                                        update_record=ports.update_record, models=models,
+                                        engines=engines, session=session)
+        cleanups.append(deployer.stop)
+        provider.deployer = deployer  # /v1/deployments, /v1/ps
         provider.accounting = ku.accounting  # /v1/usage
         control = await start_control_server(cfg.control.socket, provider, registry)
         cleanups.append(control.stop)

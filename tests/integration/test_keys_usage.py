@@ -7,10 +7,12 @@ and run in file order.
 
 from __future__ import annotations
 
+import http.server
 import json
 import secrets
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -48,19 +50,39 @@ def _http(method: str, url: str, body: Any = None, key: str | None = None,
             return e.code, raw
 
 
+class Hook(http.server.BaseHTTPRequestHandler):
+    """Collects budget-warning webhook POSTs."""
+
+    got: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 -- http.server's name
+        n = int(self.headers.get("Content-Length", "0"))
+        Hook.got.append(json.loads(self.rfile.read(n)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 class Swarm:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        threading.Thread(target=self.hook.serve_forever, daemon=True).start()
+        limits = f'\n[limits]\nwebhook = "http://127.0.0.1:{self.hook.server_port}/hook"\n'
+
         self.engine_port = free_port()
         self.engine = subprocess.Popen(
             [str(VENV_BIN / "swarmd-simengine"), "--port", str(self.engine_port), "--model",
              MODEL, "--ttft-ms", "0", "--tps", "0", "--max-tokens", "8"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         eng = f'\n[[engines]]\nkind = "simulated"\nurl = "http://127.0.0.1:{self.engine_port}"\n'
-        self.nodes = [Daemon(root, "k1", secret=SECRET, api_toml=AUTH, extra_toml=eng).start()]
+        self.nodes = [Daemon(root, "k1", secret=SECRET, api_toml=AUTH,
+                             extra_toml=eng + limits).start()]
         for i in (2, 3):
             self.nodes.append(Daemon(root, f"k{i}", secret=SECRET, api_toml=AUTH,
-                                     seeds=[self.nodes[0].seed]).start())
+                                     extra_toml=limits, seeds=[self.nodes[0].seed]).start())
 
     def close(self) -> None:
         for d in self.nodes:
@@ -68,6 +90,7 @@ class Swarm:
                 d.kill()
         self.engine.send_signal(signal.SIGKILL)
         self.engine.wait(5)
+        self.hook.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +269,24 @@ def test_a_token_budget_holds_under_50_concurrent_clients_on_3_nodes(swarm: Swar
 
     wait_for(lambda: all(spent(d) == tokens for d in swarm.nodes), 15,
              what="every node reports the same spend")
+
+
+def test_a_project_budget_spans_its_keys_and_warns_once(swarm: Swarm) -> None:
+    from swarmd.testing.budget_load import run
+
+    d1 = swarm.nodes[0]
+    r = d1.ctl("budgets", "set", "--project", "p2", "--tokens-day", "3000", "--warn", "0.5")
+    assert r.returncode == 0, r.stderr
+    keys = [_create(d1, "--name", f"p2-{i}", "--project", "p2")["key"] for i in range(2)]
+    for d in swarm.nodes:
+        wait_for(lambda d=d: "p2" in d.ctl("budgets", "list", "--json").stdout
+                 and all(_accepted(d, k) for k in keys), 15, what="budget and keys spread")
+    out = [run(swarm.nodes[i + 1].api_url, k, clients=4, requests=30, max_tokens=40,
+               model=MODEL) for i, k in enumerate(keys)]
+    tokens = sum(o["tokens"] for o in out)
+    print(f"project budget 3000: {tokens} tokens answered over 2 keys on 2 nodes")
+    assert tokens <= 3000 and sum(o["refused"] for o in out) > 0
+    wait_for(lambda: any(h["owner"] == "project p2" for h in Hook.got), 15,
+             what="the budget warning webhook")
+    hooks = [h for h in Hook.got if h["owner"] == "project p2"]
+    assert len(hooks) == 1 and hooks[0]["used"] >= 0.5 and hooks[0]["kind"] == "tok_d"

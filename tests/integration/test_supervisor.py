@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from swarmd.engines.supervisor import LaunchSpec, Managed, Supervisor, SupervisorConfig
+from swarmd.testing.daemon import pid_alive
 from swarmd.testing.llama_server import SKIP_REASON, llama_available
 from swarmd_engines.llamacpp import LlamaCppEngine
 
@@ -127,7 +128,7 @@ def test_sigkill_of_swarmd_leaves_no_engine_behind(tmp_path: Path) -> None:
                               stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
     pid = int(parent.stdout.readline())
-    assert _alive(pid)
+    assert pid_alive(pid)
     parent.kill()  # SIGKILL: no cleanup code runs in the parent
     parent.wait(10)
     assert _gone(pid, 5), "engine survived its supervisor's SIGKILL"
@@ -157,11 +158,3 @@ def test_reap_kills_leftovers_of_an_earlier_swarmd_only_when_the_command_matches
         for p in (orphan, other):
             p.kill()
             p.wait(5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False

@@ -89,7 +89,7 @@ class Swarm:
             alive = [SimpleNamespace(node_id=x, is_self=x == node, record={}) for x in nodes
                      if x not in self.cut or x == node]
             return SimpleNamespace(tables={ESCROW_TABLE: {e.key: e for e in t.entries()}},
-                                   nodes=alive, alive=lambda: alive)
+                                   nodes=alive, alive=lambda: alive, coordinator=None)
 
         def write(table: str, items: list[tuple[str, tuple[int, ...]]]) -> None:
             for k, v in items:
@@ -252,3 +252,59 @@ def test_a_key_without_limits_costs_nothing() -> None:
     key = replace(KEY, budget_tokens_day=0)
     assert asyncio.run(s.limits["a"].admit({"key": key}, _req("hi"))) is None
     assert asyncio.run(s.limits["a"].admit({}, _req("hi"))) is None
+
+
+def test_a_project_budget_binds_every_key_of_the_project() -> None:
+    from swarmd.core.escrow import BUDGETS_TABLE, BudgetSpec
+
+    s = Swarm(["a"], seed=4)
+    _pin_wall(s)
+    lim = s.limits["a"]
+    spec = BudgetSpec("project", "demo", tokens_day=1000, warn=0.5, holders=("a",))
+    budgets = {spec.key: Entry(spec.key, Stamp(1, 0, "a"), spec.value())}
+    base = lim._snapshot
+
+    def snap() -> Any:
+        sn = base()
+        return SimpleNamespace(tables={**sn.tables, BUDGETS_TABLE: budgets}, nodes=sn.nodes,
+                               alive=sn.alive, coordinator=None)
+
+    lim._snapshot = snap  # type: ignore[method-assign]
+    k1 = replace(KEY, id="111111111111", budget_tokens_day=0, project="demo")
+    k2 = replace(KEY, id="222222222222", budget_tokens_day=0, project="demo")
+    warned: list[tuple[Budget, float]] = []
+    lim.on_warn = lambda b, used: warned.append((b, used))
+
+    async def main() -> int:
+        spent = 0
+        for i in range(40):
+            key = k1 if i % 2 else k2
+            try:
+                h = await lim.admit({"key": key}, _req("hello", 20))
+            except ApiError as err:
+                assert err.code == "insufficient_quota" and "project demo" in err.message
+                continue
+            assert h is not None
+            h.settle(10, 20, True)
+            spent += 30
+            lim.watch_budgets({k1.id: k1, k2.id: k2})
+            lim.flush()
+            lim.check_warnings()
+        return spent
+
+    spent = asyncio.run(main())
+    # both keys drew from the one project budget, to within one reservation of it
+    assert 1000 - 200 <= spent <= 1000
+    assert len(warned) == 1 and warned[0][0].label == "project demo" and warned[0][1] >= 0.5
+
+
+def test_budget_entries_are_checked() -> None:
+    from swarmd.core.escrow import owner_of, parse_budget
+
+    ok = {"tokens_day": 5, "usd_day": 1.5, "warn": 0.9, "holders": ["a"]}
+    spec = parse_budget("user:ann", ok)
+    assert spec is not None and spec.owner == owner_of("user", "ann") and len(spec.owner) == 12
+    for key, bad in (("team:x", ok), ("user:", ok), ("user:a", {**ok, "tokens_day": -1}),
+                     ("user:a", {**ok, "warn": 2}), ("user:a", {**ok, "tokens_day": 1.5}),
+                     ("user:a", {**ok, "holders": "a"})):
+        assert parse_budget(key, bad) is None, (key, bad)
