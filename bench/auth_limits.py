@@ -93,7 +93,7 @@ def in_process(reps: int = 20000) -> list[tuple[str, float]]:
                       budget_tokens_day=10**12, budget_usd_day=10**6, rpm=10**9, tpm=10**12,
                       created_on="me", holders=["me"])
     snap = SimpleNamespace(tables={"keys": {kid: Entry(kid, Stamp(1, 0, "me"), value)},
-                                   "escrow": {}}, nodes=[], alive=lambda: [],
+                                   "escrow": {}, "budgets": {}}, nodes=[], alive=lambda: [],
                            coordinator=None)
     ring = KeyRing(lambda: snap)  # type: ignore[arg-type,return-value]
     t0 = time.perf_counter()
