@@ -54,7 +54,7 @@ from swarmd.usage.prices import PriceBook
 
 log = logging.getLogger("swarmd.limits")
 
-FLUSH_EVERY = 0.25
+FLUSH_EVERY = 1.0
 GIVE_EVERY = 0.25
 RATE_WINDOW = 60.0
 #: Seconds after its last local request during which a node keeps part of its share.
@@ -457,15 +457,17 @@ class Limits:
         return out
 
     async def _run(self, keys: Callable[[], Mapping[str, KeyInfo]]) -> None:
-        next_rates = 0.0
+        next_rates = next_flush = 0.0
         while True:
-            await asyncio.sleep(min(FLUSH_EVERY, GIVE_EVERY))
+            await asyncio.sleep(GIVE_EVERY)
             try:
                 self.watch_budgets(keys())
                 self.check_warnings()
-                self.give()
-                self.flush()
+                self.give()  # flushes at once after a transfer or a want
                 now = self._clock()
+                if now >= next_flush:  # spending: others only estimate with it
+                    next_flush = now + FLUSH_EVERY
+                    self.flush()
                 if self._publish_rates is not None and now >= next_rates:
                     next_rates = now + self.config.rate_publish_interval
                     doc = self.rates_doc()

@@ -54,6 +54,8 @@ from swarmd.runtime.table_store import SAVE_DELAY, TableStore
 
 log = logging.getLogger("swarmd.node")
 
+#: Tables whose local writes are saved with peers' changes (SAVE_DELAY), not at once.
+DELAYED_SAVE = frozenset({"usage", "escrow"})
 #: Seconds between snapshot refreshes when nothing changed (ages, load).
 SNAPSHOT_INTERVAL = 1.0
 #: Mean seconds between reconnect attempts to one dead member.
@@ -166,7 +168,12 @@ class Node:
             elif isinstance(action, TableChanged):
                 changed = True
                 self._dirty.add(action.table)
-                self._dirty_local = self._dirty_local or action.local
+                # Our own writes are saved at once, except counters (usage,
+                # escrow): those are rebuilt from the usage records at start
+                # and refreshed from peers before budgets are spent again
+                # ([limits] startup_hold), so a second's delay loses nothing.
+                self._dirty_local = self._dirty_local or (
+                    action.local and action.table not in DELAYED_SAVE)
                 self._save_wake.set()
             elif isinstance(action, CoordinatorChanged):
                 changed = True
