@@ -94,12 +94,7 @@ class Accounting:
                 self.metrics.limit_refusals.labels(ev.error_code).inc()
 
     def _count(self, row: UsageRow) -> None:
-        groups = groups_of(key_id=row.key_id, user=row.user, project=row.project,
-                           model=row.model)
-        self.tally.add(row.ts, groups, Counts(
-            requests=1, prompt_tokens=row.prompt_tokens,
-            completion_tokens=row.completion_tokens, cost_micro_usd=to_micro(row.cost_usd),
-            errors=1 if row.status >= 400 else 0))
+        self.tally.add(row.ts, *_counted(row))
 
     # -- counters ------------------------------------------------------------------
 
@@ -109,12 +104,7 @@ class Accounting:
         n = 0
         rebuilt = Tally(self.node_id)
         for row in self.store.rows_since(since):
-            groups = groups_of(key_id=row.key_id, user=row.user, project=row.project,
-                               model=row.model)
-            rebuilt.add(row.ts, groups, Counts(
-                requests=1, prompt_tokens=row.prompt_tokens,
-                completion_tokens=row.completion_tokens,
-                cost_micro_usd=to_micro(row.cost_usd), errors=1 if row.status >= 400 else 0))
+            rebuilt.add(row.ts, *_counted(row))
             n += 1
         items = rebuilt.flush({})  # absolute values: max-merged with any other copy
         if items:
@@ -148,6 +138,15 @@ class Accounting:
                 await self._task
         self.flush()
         self.store.close()
+
+
+def _counted(row: UsageRow) -> tuple[list[str], Counts]:
+    """The counter groups a usage row falls in, and what it adds to each."""
+    groups = groups_of(key_id=row.key_id, user=row.user, project=row.project, model=row.model)
+    return groups, Counts(requests=1, prompt_tokens=row.prompt_tokens,
+                          completion_tokens=row.completion_tokens,
+                          cost_micro_usd=to_micro(row.cost_usd),
+                          errors=1 if row.status >= 400 else 0)
 
 
 def usage_answer(acct: Accounting, query: Mapping[str, str],

@@ -20,14 +20,16 @@ Both values are read as untrusted input (:func:`parse_deployment`,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from swarmd.core.replica import Entry, TableSpec
 
 __all__ = ["DEPLOY_TABLE", "PLACE_TABLE", "DeploymentSpec", "PlacementEntry",
            "deployments_spec", "parse_deployment", "parse_placement", "placements_spec"]
+
+T = TypeVar("T")
 
 DEPLOY_TABLE = "deployments"
 PLACE_TABLE = "placements"
@@ -128,21 +130,19 @@ def placements_spec() -> TableSpec:
                      validate=lambda k, v: parse_placement(k, v) is not None)
 
 
-def live_deployments(table: Mapping[str, Entry]) -> dict[str, DeploymentSpec]:
-    out = {}
+def _parsed(table: Mapping[str, Entry], parse: Callable[[str, Mapping[str, Any]], T | None]
+            ) -> dict[str, T]:
+    out: dict[str, T] = {}
     for k, e in table.items():
-        if e.value is not None:
-            d = parse_deployment(k, e.value)
-            if d is not None:
-                out[k] = d
+        v = parse(k, e.value) if e.value is not None else None
+        if v is not None:
+            out[k] = v
     return out
+
+
+def live_deployments(table: Mapping[str, Entry]) -> dict[str, DeploymentSpec]:
+    return _parsed(table, parse_deployment)
 
 
 def placements_of(table: Mapping[str, Entry]) -> dict[str, PlacementEntry]:
-    out = {}
-    for k, e in table.items():
-        if e.value is not None:
-            p = parse_placement(k, e.value)
-            if p is not None:
-                out[k] = p
-    return out
+    return _parsed(table, parse_placement)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,64 +199,22 @@ def mint(b: Budget, node: str) -> int:
     return share + (b.amount - share * len(b.holders) if node == b.holders[0] else 0)
 
 
-def _slot(e: Entry | None) -> int:
-    return int(e.value[0]) if e is not None and e.value else 0
-
-
 def rights(b: Budget, node: str, table: Mapping[str, Entry],
            own: Mapping[str, int] | None = None) -> int:
-    """Rights ``node`` holds in ``b`` (before its local reservations).
-
-    ``own``: this node's own slot values where they are ahead of the table
-    (its authoritative counters), by slot key.
-    """
-    bid = b.id
-    own = own or {}
-
-    def val(key: str) -> int:
-        return max(own.get(key, 0), _slot(table.get(key)))
-
-    total = mint(b, node) - val(f"{node}|{bid}|$")
-    for key in _budget_keys(table, own, bid):
-        owner, rest = key.split("|", 1)
-        tail = rest[len(bid) + 1:]
-        if tail.startswith(">"):
-            if tail[1:] == node and owner != node:
-                total += val(key)
-            elif owner == node:
-                total -= val(key)
-    return total
-
-
-def _budget_keys(table: Mapping[str, Entry], own: Mapping[str, int], bid: str) -> set[str]:
-    marker = f"|{bid}|"
-    return {k for k in (*table.keys(), *own.keys()) if marker in k}
+    """Rights ``node`` holds in ``b`` (before its local reservations); see EscrowIndex."""
+    return EscrowIndex(table).rights(b, node, own or {})
 
 
 def swarm_spent(b: Budget, table: Mapping[str, Entry],
                 own: Mapping[str, int] | None = None) -> int:
-    own = own or {}
-    suffix = f"|{b.id}|$"
-    keys = {k for k in (*table.keys(), *own.keys()) if k.endswith(suffix)}
-    return sum(max(own.get(k, 0), _slot(table.get(k))) for k in keys)
-
-
-def wants(b: Budget, table: Mapping[str, Entry], me: str) -> dict[str, int]:
-    """Cumulative amounts each other node asked for (``?`` slots)."""
-    suffix = f"|{b.id}|?"
-    return {k.split("|", 1)[0]: _slot(e) for k, e in table.items()
-            if k.endswith(suffix) and not k.startswith(me + "|")}
-
-
-def given_to(b: Budget, table: Mapping[str, Entry], own: Mapping[str, int],
-             giver: str, to: str) -> int:
-    key = f"{giver}|{b.id}|>{to}"
-    return max(own.get(key, 0), _slot(table.get(key)))
-
-
-def received_from_all(b: Budget, table: Mapping[str, Entry], node: str) -> int:
-    suffix = f"|{b.id}|>{node}"
-    return sum(_slot(e) for k, e in table.items() if k.endswith(suffix))
+    """What every node spent of ``b``; ``own`` may be ahead of the table for its slots."""
+    idx = EscrowIndex(table)
+    spent = dict(idx.spent.get(b.id, {}))
+    for k, v in (own or {}).items():
+        if k.endswith(f"|{b.id}|$"):
+            n = k.split("|", 1)[0]
+            spent[n] = max(spent.get(n, 0), v)
+    return sum(spent.values())
 
 
 class EscrowIndex:
@@ -369,6 +327,3 @@ def escrow_spec() -> TableSpec:
     return TableSpec(ESCROW_TABLE, kind="max", max_entries=200_000, validate=_valid,
                      retain=_keep)
 
-
-def slots_of(node: str, budgets: Iterable[Budget]) -> list[str]:
-    return [f"{node}|{b.id}|$" for b in budgets]

@@ -155,8 +155,7 @@ class Deployer:
         current = dep.placements_of(snap.tables.get(PLACE_TABLE, {}))
         for model, entry in compute(snap, deployments, current, epoch).items():
             old = current.get(model)
-            if (old is None or old.nodes != entry.nodes or old.reason != entry.reason
-                    or old.epoch < epoch and old.nodes != entry.nodes):
+            if old is None or old.nodes != entry.nodes or old.reason != entry.reason:
                 await self._write(PLACE_TABLE, model, entry.value())
                 log.info("placed %s on %s (epoch %d)%s", model,
                          ",".join(n[-8:] for n in entry.nodes) or "no node", epoch,

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,44 +34,14 @@ from swarmd.dataplane.client import BlobError, DataPlaneClient
 from swarmd.dataplane.server import DataPlaneServer, ServerLimits
 from swarmd.engines.simulated import SimulatedEngine, start_simulated_engine
 from swarmd.identity import Identity
+from swarmd.testing.local_engines import UrlEngines
 
 SECRET = b"\x11" * 32
 A, B = Identity.generate(), Identity.generate()
 MODEL = "sim-model"
 
 
-@dataclass(frozen=True)
-class _Req:
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    body: bytes
-
-
-class Engines:
-    """LocalEngines over HTTP servers by engine id (what EngineManager glue gives)."""
-
-    def __init__(self, urls: dict[str, str]) -> None:
-        self.urls = urls
-
-    def request(self, engine_id: str, route: str, body: bytes,
-                headers: Mapping[str, str]) -> _Req:
-        return _Req("POST", self.urls[engine_id] + route, dict(headers), body)
-
-    def inflight(self, engine_id: str) -> contextlib.nullcontext[None]:
-        return contextlib.nullcontext()
-
-    def current_load(self, engine_id: str) -> None:
-        return None
-
-    def capacity(self, engine_id: str) -> int | None:
-        return None
-
-    async def count_tokens(self, engine_id: str, model: str, text: str) -> int | None:
-        return None
-
-    def note_result(self, engine_id: str, ok: bool) -> None:
-        pass
+Engines = UrlEngines  # LocalEngines over HTTP servers by engine id (the testing kit's)
 
 
 @dataclass
