@@ -39,6 +39,7 @@ from swarmd.config_tree import (  # noqa: F401  (the tree, re-exported)
     Config,
     ConfigError,
     ControlSection,
+    DataPlaneSection,
     EngineEntry,
     LeaseSection,
     LimitsSection,
@@ -178,6 +179,7 @@ _SECTIONS: dict[str, Any] = {
     "models": ModelsSection,
     "usage": UsageSection,
     "limits": LimitsSection,
+    "dataplane": DataPlaneSection,
 }
 
 
@@ -275,6 +277,10 @@ def validate(cfg: Config) -> None:
         ipaddress.ip_address(host) if host[0].isdigit() or ":" in host else None
     except ValueError as exc:
         raise ConfigError("api.listen", str(exc)) from None
+    try:
+        parse_hostport(cfg.dataplane.listen)
+    except ValueError as exc:
+        raise ConfigError("dataplane.listen", str(exc)) from None
     if cfg.api.ollama_listen:
         try:
             parse_hostport(cfg.api.ollama_listen)
@@ -400,6 +406,9 @@ def check_ports(cfg: Config) -> None:
     """Fail early, naming the key, when a configured port is already taken."""
     host, port = parse_hostport(cfg.api.listen)
     _check_bind("api.listen", host, port)
+    if cfg.dataplane.enabled:
+        dhost, dport = parse_hostport(cfg.dataplane.listen)
+        _check_bind("dataplane.listen", dhost, dport)
     for i, addr in enumerate(cfg.p2p.listen):
         parts = addr.strip("/").split("/")
         if len(parts) >= 4 and parts[0] in ("ip4", "ip6") and parts[2] == "tcp":

@@ -302,6 +302,21 @@ class LimitsSection:
 
 
 @dataclass(frozen=True)
+class DataPlaneSection:
+    """Forwarded requests and model files between nodes (swarmd/dataplane/, protocol/dataplane.md)."""
+
+    #: Serve and use the data plane (HTTP/1.1 over mutually authenticated TLS,
+    #: about 30x libp2p's throughput here).  false: forwards use the libp2p
+    #: protocol only and peers cannot fetch models from this node.
+    enabled: bool = True
+    #: host:port the data plane listens on.  0.0.0.0 so other machines can
+    #: reach it; the address is gossiped in the node record (``dp``), so port
+    #: 0 (an ephemeral port) works too.  Only admitted, alive members get past
+    #: the TLS handshake: no stranger's request is ever parsed.
+    listen: str = "0.0.0.0:4101"
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     p2p: P2PSection = field(default_factory=P2PSection)
@@ -316,6 +331,7 @@ class Config:
     models: ModelsSection = field(default_factory=ModelsSection)
     usage: UsageSection = field(default_factory=UsageSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    dataplane: DataPlaneSection = field(default_factory=DataPlaneSection)
     #: ``[[prices]]``: USD per 1M input/output tokens by model glob
     #: (swarmd/usage/prices.py); unpriced models cost 0.
     prices: tuple[Any, ...] = ()

@@ -28,7 +28,8 @@ PARSE: list[tuple[str, Any]] = [
     ("full", {"name": "gpu-box", "addrs": ["/ip4/10.0.0.2/tcp/4100/p2p/12D3KooWB"],
               "started": 1700000000.5, "api": "0.0.0.0:4180",
               "caps": {"cpu": {"cores": 8}}, "load": {"cpu_percent": 12.5},
-              "engines": [ENGINE], "draining": False}),
+              "engines": [ENGINE], "draining": False,
+              "dp": ["10.0.0.2:4101", "[fd00::2]:4101"]}),
     ("empty", {}),
     ("not_a_map", ["name", "x"]),
     ("future_version_and_fields", {"v": 2, "name": "n", "budget": {"share": 0.25},
@@ -42,6 +43,7 @@ PARSE: list[tuple[str, Any]] = [
          "load": {"running": -1, "waiting": True, "kv_cache": 2.0, "capacity": 0},
          "capabilities": "chat", "model_capabilities": {"m": "chat", "n": ["embeddings"]}},
     ]}),
+    ("dp_bounds", {"dp": [f"10.0.0.{i}:4101" for i in range(12)] + [7, ""]}),
     ("bounds", {"addrs": [f"/ip4/10.0.0.{i}/tcp/1" for i in range(40)],
                 "engines": [{"id": f"e{i}", "models": []} for i in range(70)]}),
 ]

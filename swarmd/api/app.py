@@ -30,7 +30,7 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -78,6 +78,7 @@ class ApiDeps:
     auth: Auth | None = None  # key checks in front of every route (None: none)
     keys: KeyService | None = None  # /v1/keys admin routes
     accounting: Accounting | None = None  # GET /v1/usage
+    models: Any = None  # this node's ModelService: Ollama's /api/pull and /api/delete
 
 
 PROXY_KEY = web.AppKey("proxy", Proxy)

@@ -6,8 +6,14 @@ Routes (Ollama's ``server/routes.go`` names): ``GET``/``HEAD /`` (``Ollama is
 running``), ``GET /api/version``, ``GET /api/tags`` (the swarm's models),
 ``GET /api/ps`` (models on healthy engines, swarm-wide), ``POST /api/show``,
 ``POST /api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``;
-``/api/pull``, ``/api/push``, ``/api/delete``, ``/api/copy``, ``/api/create``
-answer 501 with an Ollama error saying swarmd does not manage models yet.
+``POST /api/pull`` and ``DELETE /api/delete`` act on this node's model
+store (``deps.models``; admin scope): a pull of a name the swarm holds comes
+from peers, any other name is ``ollama:NAME`` from the registry, and the
+progress is Ollama's NDJSON lines (``pulling manifest``, ``pulling <digest>``
+with ``total``/``completed``, ``verifying sha256 digest``, ``writing
+manifest``, ``success``; one object with ``"stream": false``).
+``/api/push``, ``/api/copy``, ``/api/create`` (and pull/delete on a node
+without a store) answer 501 with an Ollama error saying so.
 
 Generation and embedding requests go through ``Proxy.exchange`` with the
 OpenAI body from :mod:`swarmd.api.translate.ollama`, plus a ``native``
@@ -29,7 +35,9 @@ would send requests back into the swarm (the self-loop guard).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import logging
 from typing import Any
 
@@ -71,8 +79,10 @@ NATIVE_KINDS = frozenset({"ollama"})
 GGUF_KINDS = frozenset({"ollama", "llamacpp"})
 #: Marks an answer as swarmd's, not Ollama's (plugins/swarmd_engines/ollama.py reads it).
 SWARMD_MARK = {"X-Swarmd": "1"}
-NOT_MANAGED = ("swarmd does not manage models yet: {what} the model on the engine's own host "
-               "(e.g. `ollama pull`), and every node serves it once its engine lists it")
+NOT_MANAGED = ("swarmd does not {what} models through this API (pull and delete work on "
+               "nodes with a model store; push, copy and create are not supported): "
+               "manage the model on the engine's own host (e.g. `ollama create`), and "
+               "every node serves it once its engine lists it")
 
 
 def error_response(err: ClientError, model: str | None = None) -> web.Response:
@@ -168,6 +178,41 @@ class OllamaHandlers:
                       "details": entry["details"], "model_info": {},
                       "capabilities": ollama_caps, "modified_at": entry["modified_at"],
                       "swarmd": entry["swarmd"]})
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        models = getattr(self.deps, "models", None)
+        if models is None:
+            return await self.not_managed(request)
+        try:
+            body = require_object(await read_body(request, self.deps.api.max_body_bytes))
+            name = body.get("model", body.get("name"))
+            if not isinstance(name, str) or not name:
+                raise ClientError(400, "model is required")
+        except ClientError as exc:
+            return error_response(exc)
+        stream = body.get("stream", True) is not False
+        return await pull_ndjson(request, models, name, stream)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        models = getattr(self.deps, "models", None)
+        if models is None:
+            return await self.not_managed(request)
+        try:
+            body = require_object(await read_body(request, self.deps.api.max_body_bytes))
+            name = body.get("model", body.get("name"))
+            if not isinstance(name, str) or not name:
+                raise ClientError(400, "model is required")
+        except ClientError as exc:
+            return error_response(exc)
+        from swarmd.models.store import NotFound, StoreError
+
+        try:
+            await asyncio.to_thread(models.remove, name)
+        except NotFound:
+            return _json(tr.error_body(f"model '{name}' not found"), status=404)
+        except StoreError as exc:
+            return _json(tr.error_body(str(exc)), status=409)
+        return web.Response(status=200)
 
     async def not_managed(self, request: web.Request) -> web.Response:
         what = {"pull": "pull", "push": "push", "delete": "delete", "copy": "copy",
@@ -284,9 +329,10 @@ def register(app: web.Application, proxy: Exchanger, deps: Any) -> OllamaHandler
     r.add_post("/api/generate", h.generate)
     r.add_post("/api/embed", h.embed)
     r.add_post("/api/embeddings", h.embeddings)
-    for name in ("pull", "push", "copy", "create"):
+    r.add_post("/api/pull", h.pull)
+    for name in ("push", "copy", "create"):
         r.add_post(f"/api/{name}", h.not_managed)
-    r.add_delete("/api/delete", h.not_managed)
+    r.add_delete("/api/delete", h.delete)
     return h
 
 
@@ -321,3 +367,67 @@ class OllamaServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+async def pull_ndjson(request: web.Request, models: Any, name: str,
+                      stream: bool) -> web.StreamResponse:
+    """``/api/pull``: :meth:`ModelService.pull` in a thread, progress as Ollama's NDJSON."""
+    from swarmd.models.puller import PullError
+
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def progress(ev: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, ev)
+
+    def run() -> Any:
+        try:
+            return models.pull(name, progress=progress)
+        except PullError as exc:
+            if not str(exc).startswith("no model"):  # a source spec, or a real failure
+                raise
+            # Not in the swarm: Ollama's registry, as `ollama pull NAME` would.
+            return models.pull(f"ollama:{name}", name=name, progress=progress)
+        finally:
+            loop.call_soon_threadsafe(events.put_nowait, None)
+
+    task = asyncio.ensure_future(asyncio.to_thread(run))
+    resp: web.StreamResponse | None = None
+    if stream:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+    digest = ""
+    while (ev := await events.get()) is not None:
+        line = _pull_line(ev)
+        if line is None:
+            continue
+        digest = line.get("digest", digest)
+        if resp is not None:
+            await resp.write(json.dumps(line).encode() + b"\n")
+    try:
+        await task
+    except PullError as exc:
+        if resp is None:
+            return _json(tr.error_body(str(exc)), status=500)
+        await resp.write(json.dumps(tr.error_body(str(exc))).encode() + b"\n")
+        await resp.write_eof()
+        return resp
+    if resp is None:
+        return _json({"status": "success"})
+    await resp.write(b'{"status":"verifying sha256 digest"}\n{"status":"writing manifest"}\n'
+                     b'{"status":"success"}\n')
+    await resp.write_eof()
+    return resp
+
+
+def _pull_line(ev: dict[str, Any]) -> dict[str, Any] | None:
+    """A puller progress event as an Ollama pull line (None: nothing to say)."""
+    status = ev.get("status")
+    if status == "resolving":
+        return {"status": "pulling manifest"}
+    if status == "pulling":
+        label = str(ev.get("file", ""))
+        return {"status": f"pulling {label}", "digest": label,
+                "total": int(ev.get("file_total", 0)),
+                "completed": int(ev.get("file_completed", 0))}
+    return None

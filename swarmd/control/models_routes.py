@@ -16,6 +16,11 @@ Theory of operation
   cancels the pull, leaving its partial blobs to resume next time;
 - ``POST /v1/store/rm`` ``{"name": NAME}``: removes the model and every blob
   no other model uses; 404 if there is none, 409 if an engine uses it.
+  With ``"node": ID-or-name`` it removes it from that node's store instead
+  (over the data plane), with ``"everywhere": true`` from every node holding
+  it (this one included); the answer then lists ``results``, one per node
+  (``node``, ``name``, ``status``, and ``removed`` or ``error``), and its
+  status is 200 only if every removal succeeded (else the first failure's).
 
 ``service`` is a callable returning the daemon's
 :class:`~swarmd.models.service.ModelService` or None (503: no store).
@@ -80,14 +85,46 @@ class _Routes:
         name = body.get("name")
         if not isinstance(name, str) or not name:
             return _error(400, 'body must be {"name": NAME}', "bad_body")
-        try:
-            m = await asyncio.to_thread(svc.remove, name)
-        except NotFound as exc:
-            return _error(404, str(exc), "model_not_found")
-        except StoreError as exc:
-            return _error(409, str(exc), "in_use")
-        return web.json_response({"ok": True, "removed": {
-            "name": m.manifest.name, "digest": m.digest, "size": m.manifest.size}})
+        node, everywhere = body.get("node"), body.get("everywhere") is True
+        if node is None and not everywhere:
+            status, doc = await remove_here(svc, name)
+            if status != 200:
+                return _error(status, doc["error"], doc["code"])
+            return web.json_response({"ok": True, "removed": doc["removed"]})
+        peers = svc.peers
+        if peers is None:
+            return _error(503, "this daemon has no data plane to reach other nodes' stores",
+                          "no_dataplane")
+        targets: list[tuple[str, str]] = []
+        if everywhere:
+            if svc.store.find(name) is not None:
+                targets.append(("", "this node"))
+            targets += peers.holders(name)
+            if not targets:
+                return _error(404, f"no node holds {name!r}", "model_not_found")
+        else:
+            if not isinstance(node, str) or peers.find_node(node) is None:
+                return _error(404, f"no member {node!r}", "node_not_found")
+            found = peers.find_node(node)
+            snap_self = found[0] == peers.snapshot().node_id
+            targets.append(("", "this node") if snap_self else found)
+        results = []
+        for node_id, node_name in targets:
+            if not node_id:
+                status, doc = await remove_here(svc, name)
+            else:
+                status, doc = await peers.remove_on(node_id, name)
+            results.append({"node": node_id or peers.snapshot().node_id, "name": node_name,
+                            "status": status, **({"removed": doc.get("removed")}
+                                                 if status == 200 else
+                                                 {"error": doc.get("error", "failed")})})
+        bad = [r for r in results if r["status"] != 200]
+        doc_out: dict[str, Any] = {"ok": not bad, "results": results}
+        if bad:
+            doc_out["error"] = {"message": "; ".join(f"{r['name']}: {r['error']}" for r in bad),
+                                "type": "invalid_request_error", "param": None,
+                                "code": "rm_failed"}
+        return web.json_response(doc_out, status=bad[0]["status"] if bad else 200)
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         svc = self._svc()
@@ -138,6 +175,19 @@ class _Routes:
                 await asyncio.shield(task)
         await resp.write_eof()
         return resp
+
+
+async def remove_here(svc: ModelService, name: str) -> tuple[int, dict[str, Any]]:
+    """Remove ``name`` from this node's store: (status, answer); also what a
+    peer's ``rm --node`` runs here (the data plane's model removal)."""
+    try:
+        m = await asyncio.to_thread(svc.remove, name)
+    except NotFound as exc:
+        return 404, {"error": str(exc), "code": "model_not_found"}
+    except StoreError as exc:
+        return 409, {"error": str(exc), "code": "in_use"}
+    return 200, {"removed": {"name": m.manifest.name, "digest": m.digest,
+                             "size": m.manifest.size}}
 
 
 def register(app: web.Application, service: ServiceFn, prefix: str = "/v1") -> None:

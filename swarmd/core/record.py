@@ -61,7 +61,9 @@ MAX_CAPS = 16
 
 #: Top-level keys :func:`parse_record` reads; everything else goes to ``extra``.
 KNOWN_KEYS = frozenset({"v", "name", "addrs", "started", "api", "caps", "load", "engines",
-                        "draining"})
+                        "draining", "dp"})
+#: Most data-plane addresses read from one record.
+MAX_DP = 8
 #: Engine-entry keys read by :func:`parse_engine`.
 ENGINE_KEYS = frozenset({"id", "kind", "healthy", "models", "load", "capabilities",
                          "model_capabilities"})
@@ -135,7 +137,29 @@ class NodeRecord:
     load: Mapping[str, Any] = field(default_factory=_empty)
     engines: tuple[EngineEntry, ...] = ()
     draining: bool = False
+    #: The node's data-plane addresses (``host:port``, IPv6 in brackets),
+    #: preferred first; empty for a node without one (protocol/dataplane.md).
+    dp: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=_empty)
+
+    def dp_address(self, index: int = 0) -> tuple[str, int] | None:
+        """The ``index``-th usable data-plane address (wrapping), or None."""
+        good = [a for a in (_hostport(x) for x in self.dp) if a is not None]
+        return good[index % len(good)] if good else None
+
+
+def _hostport(value: str) -> tuple[str, int] | None:
+    """``host:port`` / ``[v6]:port`` -> (host, port); None if malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        return None
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            return None
+        host = host[1:-1]
+    elif ":" in host:
+        return None
+    return host, int(port)
 
 
 def _load_raw(v: Any) -> Mapping[str, Any]:
@@ -198,6 +222,7 @@ def parse_record(raw: Any) -> NodeRecord:
         load=_map(raw.get("load")),
         engines=tuple(engines),
         draining=raw.get("draining") is True,
+        dp=_strs(raw.get("dp"), MAX_DP),
         extra=_extra(raw, KNOWN_KEYS),
     )
 
@@ -231,7 +256,7 @@ def describe(r: NodeRecord) -> dict[str, Any]:
         "started": None if math.isinf(r.started) else r.started, "api": r.api,
         "caps": dict(r.caps), "load": dict(r.load),
         "engines": [engine(e) for e in r.engines], "draining": r.draining,
-        "extra": dict(r.extra),
+        "dp": list(r.dp), "extra": dict(r.extra),
     }
 
 

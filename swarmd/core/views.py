@@ -37,6 +37,7 @@ class NodeDoc(TypedDict):
     load: dict[str, Any]  # the record's ``load``
     engines: list[dict[str, Any]]  # EngineDoc each
     api: str | None
+    dp: list[str]  # the data plane's addresses (empty: none)
     draining: bool
     incarnation: int
     state_age_s: float
@@ -121,6 +122,7 @@ def node_doc(snap: Snapshot, n: NodeInfo) -> NodeDoc:
         "load": dict(rec.load),
         "engines": [engine_doc(e) for e in rec.engines],
         "api": rec.api,
+        "dp": list(rec.dp),
         "draining": rec.draining,
         "incarnation": n.incarnation,
         "state_age_s": round(n.state_since, 3),

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import json
 import os
 import ssl
 import time
@@ -73,6 +74,15 @@ class ClientLimits:
 
 class PeerRefusedError(aiohttp.ClientConnectionError):
     """The connection reached a peer we do not accept (not the one named, or not admitted)."""
+
+
+class PlaneUnreachable(UpstreamError):
+    """This node could not reach a peer's data plane at all (no address, refused
+    connection, failed TLS or identity check): no byte of the request was sent,
+    so another path to the same engine may be tried (the libp2p fallback)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("connect", message)
 
 
 class BlobError(Exception):
@@ -120,6 +130,11 @@ class _DpResponse:
         self.status = resp.status
         self.headers = tuple(wire.relayed_headers(resp.headers.items()))
         self._done = False
+
+    @property
+    def content(self) -> aiohttp.StreamReader:
+        """The body's stream (a watcher may ``set_exception`` on it to abandon it)."""
+        return self._resp.content
 
     async def read(self) -> bytes:
         if self._done:
@@ -178,11 +193,12 @@ class DataPlaneClient:
     def _url(self, node_id: str, path: str) -> URL:
         addr = self.address_of(node_id)
         if addr is None:
-            raise UpstreamError("connect", f"no data-plane address known for {node_id}")
+            raise PlaneUnreachable(f"no data-plane address known for {node_id}")
         if not self.check.is_admitted(node_id):
             raise UpstreamError("unavailable", f"{node_id} is not an admitted, alive member")
         host, port = addr
-        return URL.build(scheme="https", host=host, port=port, path=path, encoded=True)
+        return URL.build(scheme="https", host=f"[{host}]" if ":" in host else host, port=port,
+                         path=path, encoded=True)
 
     async def forget(self, node_id: str) -> None:
         """Close the pool to ``node_id`` (it left, or was declared dead)."""
@@ -224,6 +240,26 @@ class DataPlaneClient:
         except aiohttp.ClientError as exc:
             raise _connect_error(node_id, exc) from None
         return time.monotonic() - t0
+
+    async def remove_model(self, node_id: str, name: str, within: float = 30.0
+                           ) -> tuple[int, dict[str, Any]]:
+        """Ask ``node_id`` to remove model ``name`` from its store: (status, answer)."""
+        try:
+            url = self._url(node_id, wire.MODEL_RM_PATH)
+            async with asyncio.timeout(within):
+                async with self._session(node_id).post(url, json={"name": name}) as resp:
+                    raw = await resp.content.read(self.limits.error_body)
+                    if wire.H_ERROR in resp.headers:
+                        err = wire.decode_error(resp.headers, raw)
+                        return resp.status, {"error": err.message}
+                    doc = json.loads(raw or b"{}")
+                    return resp.status, doc if isinstance(doc, dict) else {}
+        except UpstreamError as exc:
+            return 503, {"error": exc.message}
+        except TimeoutError:
+            return 504, {"error": f"{node_id[-8:]} did not answer in time"}
+        except (aiohttp.ClientError, ValueError) as exc:
+            return 502, {"error": f"{type(exc).__name__}: {exc}"}
 
     # -- forwarding ----------------------------------------------------------------------
 
@@ -274,6 +310,40 @@ class DataPlaneClient:
 
     # -- blobs ------------------------------------------------------------------------------
 
+    async def fetch_object(self, node_id: str, digest: str, *, limit: int = 1 << 20,
+                           within: float = 10.0) -> bytes:
+        """A whole small object (a manifest) by sha256 hex ``digest``, verified;
+        at most ``limit`` bytes.  Raises BlobError."""
+        try:
+            url = self._url(node_id, wire.blob_path(digest))
+        except UpstreamError as exc:
+            raise BlobError("connect", exc.message) from None
+        try:
+            async with asyncio.timeout(within):
+                async with self._session(node_id).get(url) as resp:
+                    if wire.H_ERROR in resp.headers:
+                        err = wire.decode_error(resp.headers,
+                                                await resp.content.read(self.limits.error_body))
+                        raise BlobError(err.kind if err.kind in ("refused", "not_found")
+                                        else "bad_answer", err.message)
+                    if resp.status not in (200, 206):
+                        raise BlobError("bad_answer", f"status {resp.status}")
+                    if (resp.content_length or 0) > limit:
+                        raise BlobError("bad_answer", f"object of {resp.content_length} "
+                                        f"bytes, over the {limit} limit")
+                    data = await resp.content.read(limit + 1)
+        except TimeoutError:
+            raise BlobError("timeout", f"object {digest[:12]}: no answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise BlobError("connect", f"{type(exc).__name__}: {exc}") from None
+        if len(data) > limit:
+            raise BlobError("bad_answer", f"object over the {limit} limit")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BlobError("altered", f"object {digest[:12]} does not hash to its digest")
+        self.stats["blob_reads"] += 1
+        self.stats["blob_bytes"] += len(data)
+        return data
+
     async def fetch_range(self, node_id: str, digest: str, start: int, end: int,
                           dest: Path, *, expect: str | None = None, within: float = 600.0,
                           idle: float = 30.0) -> FetchResult:
@@ -313,7 +383,8 @@ class DataPlaneClient:
                     self.check.admit(transport, node_id)
                 except PeerRefused as exc:
                     raise BlobError("refused", str(exc)) from None
-                transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                hhost = f"[{host}]" if ":" in host else host
+                transport.write(f"GET {path} HTTP/1.1\r\nHost: {hhost}:{port}\r\n"
                                 f"Range: {rng}\r\nConnection: close\r\n\r\n".encode())
                 async with asyncio.timeout(idle):
                     head = await reader.wait_head()
@@ -398,11 +469,13 @@ def _flush(fd: int, h: Any, data: memoryview, offset: int) -> None:
 
 def _connect_error(node_id: str, exc: BaseException) -> UpstreamError:
     if isinstance(exc, PeerRefusedError):
-        return UpstreamError("connect", f"refused {node_id}: {exc}")
+        return PlaneUnreachable(f"refused {node_id}: {exc}")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return UpstreamError("connect", f"TLS with {node_id} failed (another swarm?): {exc}")
+        return PlaneUnreachable(f"TLS with {node_id} failed (another swarm?): {exc}")
     if isinstance(exc, aiohttp.ServerTimeoutError):
         return UpstreamError("timeout", f"connecting to {node_id} timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return PlaneUnreachable(f"cannot reach {node_id}: {type(exc).__name__}: {exc}")
     return UpstreamError("connect", f"cannot reach {node_id}: {type(exc).__name__}: {exc}")
 
 

@@ -59,6 +59,9 @@ OpenLocal = Callable[[str, ProxyRequest, Deadlines], Awaitable[UpstreamResponse]
 #: A complete, verified blob's file by sha256 hex digest, or None.
 BlobPath = Callable[[str], "Path | None"]
 
+#: Removes a model from this node's store: name -> (HTTP status, JSON answer).
+RemoveModel = Callable[[str], Awaitable["tuple[int, dict[str, object]]"]]
+
 #: Bytes read from a blob file per write.
 BLOB_CHUNK = 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d{1,19})-(\d{0,19})$")
@@ -131,6 +134,7 @@ class DataPlaneServer:
     is_admitted: IsAdmitted
     open_local: OpenLocal | None = None
     blob_path: BlobPath | None = None
+    remove_model: RemoveModel | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
     stats: dict[str, int] = field(default_factory=lambda: {
         "refused_connections": 0, "refused_requests": 0, "forwarded": 0, "completed": 0,
@@ -149,6 +153,7 @@ class DataPlaneServer:
         app.router.add_route("*", wire.FORWARD_PREFIX + "/{route:.+}", self._forward)
         app.router.add_get(wire.BLOB_PREFIX + "{digest}", self._blob)
         app.router.add_get(wire.PING_PATH, self._ping)
+        app.router.add_post(wire.MODEL_RM_PATH, self._model_rm)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
 
@@ -205,6 +210,23 @@ class DataPlaneServer:
         if refused is not None:
             return refused
         return web.Response(status=204, headers={wire.H_NODE: self.cert.peer_id})
+
+    async def _model_rm(self, request: web.Request) -> web.Response:
+        refused = self._admit(request)
+        if refused is not None:
+            return refused
+        node = self.cert.peer_id
+        try:
+            body = await request.json()
+            name = body.get("name") if isinstance(body, dict) else None
+        except ValueError:
+            name = None
+        if not isinstance(name, str) or not name or len(name) > wire.MAX_FIELD:
+            return _error(wire.PlaneError("bad_request", 'body must be {"name": NAME}'), node)
+        if self.remove_model is None:
+            return _error(wire.PlaneError("not_found", "this node has no model store"), node)
+        status, doc = await self.remove_model(name)
+        return web.json_response(doc, status=status, headers={wire.H_NODE: node})
 
     async def _not_found(self, request: web.Request) -> web.Response:
         refused = self._admit(request)

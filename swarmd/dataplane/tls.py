@@ -5,8 +5,10 @@ Theory of operation
 Both sides run TLS 1.3 (Python ``ssl``, OpenSSL) with mutual authentication:
 each presents its :class:`~swarmd.dataplane.certs.NodeCert` and trusts only
 the swarm CA (so the handshake fails for a peer without the swarm secret),
-and both offer the single ALPN id :data:`ALPN` (a peer speaking another
-major version of the plane fails the handshake with ``no_application_protocol``).
+and both offer the single ALPN id :data:`ALPN`.  A peer speaking another
+major version of the plane completes the handshake with no ALPN selected
+(Python ``ssl`` on OpenSSL 3 does not abort it), and :class:`PeerCheck`
+refuses the connection (``refused_alpn``).
 Host names are not checked: peers are named by peer id, not DNS.
 
 After the handshake, :class:`PeerCheck` reads the peer's certificate from

@@ -34,6 +34,9 @@ PREFIX = f"/dp/{VERSION}"
 FORWARD_PREFIX = PREFIX + "/forward"
 BLOB_PREFIX = PREFIX + "/blobs/"
 PING_PATH = PREFIX + "/ping"
+#: ``POST`` ``{"name": NAME}``: remove a model from the serving node's store
+#: (``swarmctl rm --node/--everywhere``); answers ``{"status": int, ...}`` JSON.
+MODEL_RM_PATH = PREFIX + "/models/rm"
 
 H_ENGINE = "Swarmd-Engine"
 H_MODEL = "Swarmd-Model"

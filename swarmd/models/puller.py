@@ -6,7 +6,10 @@ Theory of operation
 ``asyncio.to_thread``; blocking I/O throughout):
 
 1. parse the spec; a bare NAME already in the store is answered at once, a
-   NAME not here goes to ``peer_plan`` (the data plane's hook, None today);
+   NAME not here goes to ``peer_plan`` (peers holding it, over the data
+   plane: :mod:`swarmd.runtime.peer_models`), and so does any other spec
+   but a local path, first, by its canonical text: a peer holding a model
+   pulled from that source serves it before the internet is asked;
 2. resolve it to a plan (metadata requests only) and check the plan before
    writing anything: a valid model name, safe relative paths, no pickle
    weights unless ``allow_pickle``, and room (:meth:`ModelStore.reserve`:
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -54,12 +58,14 @@ from swarmd.models.spec import (
     PathSpec,
     SpecError,
     UrlSpec,
+    format_spec,
     parse_spec,
     valid_name,
 )
 from swarmd.models.store import ModelStore, NotFound, StoredModel, StoreError
 
 Event = dict[str, Any]
+log = logging.getLogger("swarmd.models")
 TEXT_SUFFIXES = (".json", ".txt", ".md", ".jinja", ".model", ".tiktoken", ".gguf", ".safetensors")
 
 
@@ -104,6 +110,12 @@ class Puller:
                     raise PullError(f"no model {spec.name!r} in this node's store, and no peer "
                                     "offers it; give a source (hf:, ollama:, http(s)://, /path)")
                 return plan
+            if self.peer_plan is not None and not isinstance(spec, PathSpec):
+                # The swarm before the internet: a peer holding a model pulled
+                # from this very source serves it (verified chunk by chunk).
+                plan = self.peer_plan(format_spec(spec))
+                if plan is not None:
+                    return plan
             if isinstance(spec, HfSpec):
                 from swarmd.models.sources.hf import hf_plan
 
@@ -182,10 +194,11 @@ class Puller:
         known = [f.sha256 for f in plan.files if f.sha256]
         self.store.pin(known)
         pinned: list[str] = []  # blobs fetch_blob pinned for us until the manifest is in
+        dropped: collections.Counter[str] = collections.Counter()  # this pull's bad sources
         try:
             needed = self.needed_bytes(plan)
             self.store.reserve(needed)
-            entries = self._fetch_all(plan, progress, cancel, pinned)
+            entries = self._fetch_all(plan, progress, cancel, pinned, dropped)
             progress({"status": "verifying", "name": model_name})
             files = [(e.path, self.store.blob_file(e.sha256)) for e in entries]
             try:
@@ -207,11 +220,18 @@ class Puller:
             self.store.unpin(known)
             self.store.unpin(pinned)
             self.store.gc()
-        progress(self._done(model))
+        done = self._done(model)
+        if dropped:  # sources that served bad bytes (peers: corrupt copies), dropped
+            done["dropped_sources"] = dict(dropped)
+            log.warning("pull dropped sources that served bad bytes",
+                        extra={"model": model.manifest.name,
+                               "sources": ",".join(f"{k}={v}" for k, v in dropped.items())})
+        progress(done)
         return model
 
     def _fetch_all(self, plan: Plan, progress: Callable[[Event], None],
-                   cancel: threading.Event, pinned: list[str]) -> list[FileEntry]:
+                   cancel: threading.Event, pinned: list[str],
+                   dropped: collections.Counter[str]) -> list[FileEntry]:
         meter = _Meter(plan, progress)
         entries: list[FileEntry] = []
         for f in plan.files:
@@ -229,11 +249,13 @@ class Puller:
                                      cancel=cancel, limiter=self.limiter)
                 except FetchError as exc:
                     self.bad_sources.update(exc.bad_sources)
+                    dropped.update(exc.bad_sources)
                     raise
                 sha = res.sha256
                 if res.pinned:
                     pinned.append(sha)
                 self.bad_sources.update(res.bad_sources)
+                dropped.update(res.bad_sources)
             self._verify_file(f, sha)
             entries.append(FileEntry(f.path, f.size, sha, self.store.chunk_list(sha)))
             meter.end_file()

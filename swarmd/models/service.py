@@ -33,6 +33,9 @@ class ModelService:
         self.store = store
         self.puller = puller
         self.on_change = on_change
+        #: Other nodes' stores (:class:`swarmd.runtime.peer_models.PeerModels`),
+        #: set by the daemon once its data plane is up; None: this node only.
+        self.peers: Any = None
 
     @classmethod
     def from_config(

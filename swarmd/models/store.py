@@ -136,13 +136,18 @@ class ModelStore:
         return self.blob_file(digest).is_file()
 
     def served_blob(self, digest: str) -> Path | None:
-        """The file of a complete, verified blob, or None (never a partial one):
-        the data plane server's ``blob_path``."""
+        """The file of a complete, verified blob -- or of a stored manifest, which
+        is named by the sha256 of its bytes too -- or None (never a partial one):
+        the data plane server's ``blob_path``, so peers fetch manifests and blobs
+        alike by digest."""
         try:
             p = self.blob_file(digest)
         except StoreError:
             return None
-        return p if p.is_file() else None
+        if p.is_file():
+            return p
+        m = self.root / "manifests" / f"{p.name}.json"
+        return m if m.is_file() else None
 
     def open_blob(self, digest: str) -> BinaryIO:
         """A complete, verified blob opened for reading; NotFound otherwise."""

@@ -100,7 +100,7 @@ async def serve(cfg: Config, identity: Identity, secret: bytes) -> None:
     ports = NodePorts(snapshot=box.get, update_record=node.update_record,
                       request_stop=node.request_stop, write_table=node.write_table,
                       write_table_many=node.write_table_many,
-                      opener=SnapshotOpener(p2p, box), secret=secret)
+                      opener=SnapshotOpener(p2p, box), secret=secret, identity=identity)
 
     async def start_http(bridge: Bridge) -> Started:
         return await start_services(cfg, ports, bridge)

@@ -28,13 +28,15 @@ from swarmd.api.app import ApiDeps, ApiServer
 from swarmd.api.key_service import BudgetService, KeyService
 from swarmd.api.ollama_api import OllamaServer
 from swarmd.api.tls import server_context
-from swarmd.config import Config
+from swarmd.config import Config, parse_hostport
+from swarmd.control.models_routes import remove_here
 from swarmd.control.server import start_control_server
 from swarmd.core.replica import Entry
 from swarmd.core.snapshot import Snapshot
 from swarmd.core.views import ModelsDoc, StatusDoc, models_view, status_view
 from swarmd.engines.deployer import Deployer
 from swarmd.engines.manager import EngineManager
+from swarmd.identity import Identity
 from swarmd.join_token import encode_join_token
 from swarmd.metrics import SwarmCollector, new_registry
 from swarmd.models.service import ModelService
@@ -48,6 +50,8 @@ from swarmd.runtime.forward import (
 )
 from swarmd.runtime.forward_remote import BridgedForwarder
 from swarmd.runtime.keys_usage import KeysAndUsage
+from swarmd.runtime.peer_models import PeerModels
+from swarmd.runtime.plane_side import Plane, build_plane
 
 log = logging.getLogger("swarmd.services")
 
@@ -68,8 +72,11 @@ class NodePorts:
     write_table_many: Callable[[str, list[tuple[str, Any]]], None]
     #: Trio-side stream opener (the forward client runs in trio).
     opener: StreamOpener
-    #: The swarm secret, for join lines.
+    #: The swarm secret, for join lines and the data plane's certificates.
     secret: bytes
+    #: This node's libp2p identity (its data-plane certificate carries it);
+    #: None: no data plane (tests that build ports by hand).
+    identity: Identity | None = None
 
 
 @dataclass
@@ -164,6 +171,12 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
                                       update_record=ports.update_record,
                                       metrics=request_metrics, session=session)
         cleanups.append(ku.stop)
+        libp2p_forwarder = BridgedForwarder(bridge, client, alive=lambda node_id: _not_dead(
+            ports.snapshot(), node_id))
+        plane: Plane | None = None
+        if cfg.dataplane.enabled and ports.identity is not None:
+            plane = await build_plane(identity=ports.identity, secret=ports.secret,
+                                      snapshot=ports.snapshot, fallback=libp2p_forwarder)
         api = ApiServer(
             ApiDeps(
                 auth=ku.auth,
@@ -173,11 +186,11 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
                 routing=cfg.routing,
                 snapshot=ports.snapshot,
                 local=engines,
-                remote=BridgedForwarder(bridge, client, alive=lambda node_id: _not_dead(
-                    ports.snapshot(), node_id)),
+                remote=plane.forwarder if plane is not None else libp2p_forwarder,
                 session=session,
                 registry=registry,
                 metrics=request_metrics,
+                models=models,
             )
         )
         ssl_ctx, fingerprint = await asyncio.to_thread(
@@ -188,6 +201,16 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
             ollama = OllamaServer(api.proxy, api.deps)
             await ollama.start(cfg.api.ollama_listen)
             cleanups.append(ollama.stop)
+        if plane is not None:
+            dp_addrs = await plane.serve(parse_hostport(cfg.dataplane.listen),
+                                         api.proxy.open_local, models.store.served_blob)
+            cleanups.append(plane.stop)
+            bridge.call_trio_soon(ports.update_record, {"dp": dp_addrs})
+            # Pulls ask the peers that hold a model before its source.
+            peer_models = PeerModels(plane.client, ports.snapshot, asyncio.get_running_loop())
+            models.puller.peer_plan = peer_models.plan
+            models.peers = peer_models  # swarmctl rm --node / --everywhere
+            plane.server.remove_model = lambda name: remove_here(models, name)
         server = ForwardServer(bridge, api.proxy.open_local, timeouts)
         started.forward_server = server
         proxy = api.proxy
@@ -202,6 +225,14 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
             "forward_streams_": lambda: dict(client.pool.stats),
             "forward_server_": lambda: dict(server.stats),
         })
+        if plane is not None:
+            dp = plane
+            collector.counters.update({
+                "dataplane_forward_": lambda: dict(dp.forwarder.stats),
+                "dataplane_client_": lambda: dict(dp.client.stats),
+                "dataplane_server_": lambda: dict(dp.server.stats),
+                "dataplane_peer_": lambda: dict(dp.server.check.stats),
+            })
 
         provider = ControlProviderImpl(ports, bridge)
         provider.api_tls_fingerprint = fingerprint

@@ -51,6 +51,7 @@ class Daemon:
         api_toml: str = "",
         netns: str | None = None,
         log_level: str = "info",
+        dataplane: bool = True,
     ) -> None:
         self.name = name
         self.dir = root / name
@@ -83,6 +84,9 @@ socket = {json.dumps(str(self.socket))}
 detect = false
 [log]
 level = "{log_level}"
+[dataplane]
+enabled = {"true" if dataplane else "false"}
+listen = "{host}:0"
 {extra_toml}
 """
         )

@@ -190,9 +190,11 @@ def test_prometheus_metrics_on_the_api_port(pair: tuple[Daemon, Daemon]) -> None
     assert ma["swarmd_api_requests_total{route=/v1/chat/completions,status=200}"] >= 1
     assert ma["swarmd_api_requests_total{route=/v1/chat/completions,status=400}"] >= 1
     assert ma["swarmd_api_first_byte_seconds_count{route=/v1/chat/completions}"] >= 1
-    assert ma["swarmd_forward_client_requests_total{}"] >= 1
+    # Forwards to B went over the data plane (not the libp2p fallback).
+    assert ma["swarmd_dataplane_forward_plane_total{}"] >= 1
+    assert ma["swarmd_dataplane_forward_fallback_total{}"] == 0
     assert ma["swarmd_membership_probes_total{}"] >= 1
     assert ma["swarmd_coordinator_epoch{}"] >= 1
     mb = _scrape(b.api_url + "/metrics")
-    assert mb["swarmd_forward_server_requests_total{}"] >= 1
+    assert mb["swarmd_dataplane_server_forwarded_total{}"] >= 1
     assert sum(v for k, v in mb.items() if k.startswith("swarmd_engine_healthy{")) == 2

@@ -220,7 +220,7 @@ def test_pull_and_delete_say_swarmd_does_not_manage_models() -> None:
                 with pytest.raises(ollama.ResponseError) as info:
                     await asyncio.to_thread(call)
                 assert info.value.status_code == 501
-                assert "does not manage models" in info.value.error
+                assert "models through this API" in info.value.error
 
     run(go)
 

@@ -1,0 +1,168 @@
+"""Models fetched from peers: the puller's ``peer_plan`` over the data plane.
+
+Theory of operation
+-------------------
+Every node gossips its store's inventory (``models`` in its record: manifest
+digests and names, :mod:`swarmd.models.inventory`).  :meth:`PeerModels.plan`
+is the :class:`~swarmd.models.puller.Puller`'s ``peer_plan(ref)`` and runs in
+the pull's worker thread; ``ref`` is a model name (or ``sha256:`` digest) or
+the canonical text of a source spec.
+
+1. Holders: alive peers with a data-plane address whose inventory lists a
+   manifest matching ``ref`` -- by name or digest straight from the
+   inventory; by source through the manifests themselves, fetched once per
+   digest (``GET /dp/1/blobs/<manifest hex>``, verified against the digest,
+   then the strict manifest decoder) and cached: a digest names its bytes
+   forever.
+2. The plan (:func:`~swarmd.models.sources.peers.manifest_plan`): every
+   file carries its sha256 and chunk digests, and one :class:`PeerSource`
+   per holder.  The fetch engine runs one worker per source on a shared
+   chunk queue, so fast peers take more chunks; each chunk is a ranged read
+   (:meth:`~swarmd.dataplane.client.DataPlaneClient.fetch_range`) written
+   at its offset and verified against its digest on arrival; a peer that
+   serves a bad chunk is dropped and counted (``bad_sources``) and its chunk
+   goes back to the others.  ``[models] max_transfer_rate`` paces it all.
+3. The data-plane calls are coroutines on the asyncio loop; the worker
+   thread waits on them (``run_coroutine_threadsafe``).
+
+No holder: ``None``, and the puller goes to the source itself (for a name:
+an error saying no peer offers it).  Only admitted members are ever asked,
+and a node serves only admitted members (the plane's handshake gate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from swarmd.core.snapshot import Snapshot
+from swarmd.dataplane.client import BlobError, DataPlaneClient
+from swarmd.models.fetch import AnySource, SourceError
+from swarmd.models.inventory import parse_inventory
+from swarmd.models.manifest import FileEntry, Manifest, ManifestError, decode
+from swarmd.models.sources.base import Plan
+from swarmd.models.sources.peers import manifest_plan
+
+log = logging.getLogger("swarmd.models")
+T = TypeVar("T")
+
+#: Seconds one chunk read may take (16 MiB at 1 MB/s, with room).
+CHUNK_WITHIN = 120.0
+
+
+class PeerSource:
+    """One peer serving one blob: the fetch engine's ``WritingSource``."""
+
+    def __init__(self, peers: PeerModels, node_id: str, name: str, sha256: str) -> None:
+        self.peers = peers
+        self.node_id = node_id
+        self.sha256 = sha256
+        self.label = f"peer {name or node_id[-8:]}"
+
+    def write_range(self, dest: Path, offset: int, length: int, expect: str) -> None:
+        try:
+            self.peers.run(self.peers.client.fetch_range(
+                self.node_id, self.sha256, offset, offset + length, dest, expect=expect,
+                within=CHUNK_WITHIN))
+        except BlobError as exc:
+            raise SourceError(f"{self.label}: {exc}") from None
+
+
+class PeerModels:
+    """Finds models on peers and plans their transfer (``Puller.peer_plan``)."""
+
+    def __init__(self, client: DataPlaneClient, snapshot: Callable[[], Snapshot],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.snapshot = snapshot
+        self.loop = loop
+        self._manifests: dict[str, Manifest] = {}  # manifest hex -> manifest (immutable)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop from a worker thread and wait for it."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise BlobError("timeout", "no answer in time") from None
+
+    def _peers(self) -> list[tuple[str, str, dict[str, tuple[str, ...]]]]:
+        """(node id, name, inventory) of alive peers with a data plane."""
+        out = []
+        for n in self.snapshot().nodes:
+            if n.is_self or n.state != "alive" or not n.info.dp:
+                continue
+            inv = parse_inventory(n.record.get("models"))
+            if inv:
+                out.append((n.node_id, n.name, inv))
+        return out
+
+    def _manifest(self, hexd: str, holders: list[str]) -> Manifest | None:
+        have = self._manifests.get(hexd)
+        if have is not None:
+            return have
+        for node_id in holders:
+            try:
+                raw = self.run(self.client.fetch_object(node_id, hexd), timeout=30.0)
+                manifest = decode(raw)
+            except (BlobError, ManifestError) as exc:
+                log.info("peer manifest unusable",
+                         extra={"node": node_id[-8:], "digest": hexd[:12], "error": str(exc)})
+                continue
+            self._manifests[hexd] = manifest
+            return manifest
+        return None
+
+    def plan(self, ref: str) -> Plan | None:
+        peers = self._peers()
+        by_digest: dict[str, list[tuple[str, str]]] = {}
+        named: list[str] = []
+        for node_id, name, inv in peers:
+            for digest, names in inv.items():
+                hexd = digest.removeprefix("sha256:")
+                by_digest.setdefault(hexd, []).append((node_id, name))
+                if (ref == digest or ref in names) and hexd not in named:
+                    named.append(hexd)
+        candidates = named or list(by_digest)  # by name first; else look at sources
+        for hexd in candidates:
+            holders = by_digest[hexd]
+            manifest = self._manifest(hexd, [h for h, _ in holders])
+            if manifest is None:
+                continue
+            if not named and manifest.source != ref:
+                continue
+            log.info("pulling from peers", extra={
+                "ref": ref, "digest": hexd[:12], "peers": ",".join(n for _, n in holders)})
+
+            def sources(f: FileEntry, holders: list[tuple[str, str]] = holders,
+                        ) -> list[AnySource]:
+                return [PeerSource(self, node_id, name, f.sha256) for node_id, name in holders]
+
+            return manifest_plan(manifest, sources)
+        return None
+
+    # -- other nodes' stores (swarmctl rm --node / --everywhere) -------------------------
+
+    def find_node(self, text: str) -> tuple[str, str] | None:
+        """(node id, name) of the member named ``text`` (id, name or id suffix)."""
+        for n in self.snapshot().nodes:
+            if text in (n.node_id, n.name) or (len(text) >= 6 and n.node_id.endswith(text)):
+                return n.node_id, n.name
+        return None
+
+    def holders(self, ref: str) -> list[tuple[str, str]]:
+        """(node id, name) of the alive peers whose inventory lists ``ref``."""
+        out = []
+        for node_id, name, inv in self._peers():
+            if any(ref == d or ref in names for d, names in inv.items()):
+                out.append((node_id, name))
+        return out
+
+    async def remove_on(self, node_id: str, name: str) -> tuple[int, dict[str, Any]]:
+        """Remove ``name`` from ``node_id``'s store over the data plane."""
+        return await self.client.remove_model(node_id, name)

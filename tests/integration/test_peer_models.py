@@ -1,0 +1,135 @@
+"""Models fetched once and shared peer to peer, between real daemons (the real Gemma GGUF).
+
+Three real daemons on 127.0.0.1 with their data planes.  Node 1 pulls the
+Gemma 3 270M GGUF from a plain HTTP server; the server is stopped.  Node 2
+pulls it by name and node 3 by the same URL: both get it from the swarm,
+byte-identical.  Then a
+fourth node pulls by name from nodes 1, 2 and 3 at once with nodes 1 and 3
+corrupted on disk: each bad chunk is detected on arrival, its peer dropped
+and named in the pull's result, the chunk comes from node 2, and the stored
+model is still byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from swarmd.models.manifest import CHUNK_SIZE
+from swarmd.testing.daemon import Daemon, wait_for
+from swarmd.testing.hub_servers import file_server, gemma_gguf
+
+pytestmark = [pytest.mark.integration]
+SECRET = secrets.token_hex(32)
+
+
+def _pull(d: Daemon, *args: str) -> dict:  # type: ignore[type-arg]
+    r = d.ctl("pull", *args, "--json", timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr + d.log()
+    return json.loads(r.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _stored_on(d: Daemon, name: str) -> list[str]:
+    r = d.ctl("models", "--json")
+    assert r.returncode == 0, r.stderr
+    for m in json.loads(r.stdout)["models"]:
+        if m["id"] == name:
+            return list(m.get("stored_on", []))
+    return []
+
+
+def _blob(d: Daemon, sha: str) -> Path:
+    return d.dir / "data" / "models" / "blobs" / "sha256" / sha
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Daemon]]:
+    root = tmp_path_factory.mktemp("peers")
+    first = Daemon(root, "n1", secret=SECRET).start()
+    ds = [first] + [Daemon(root, f"n{i}", secret=SECRET, seeds=[first.seed]).start()
+                    for i in (2, 3, 4)]
+    try:
+        wait_for(lambda: all(len([n for n in d.status()["nodes"] if n["state"] == "alive"]) == 4
+                             for d in ds), 30, what="4 nodes alive")
+        yield ds
+    finally:
+        for d in ds:
+            if d.alive():
+                d.kill()
+
+
+def test_pulled_once_then_from_the_swarm(nodes: list[Daemon]) -> None:
+    n1, n2, n3, n4 = nodes
+    path, sha = gemma_gguf()
+    with file_server({"/gemma.gguf": path}) as srv:
+        url = srv.url + "/gemma.gguf"
+        first = _pull(n1, url, "--name", "gemma")
+        assert first["name"] == "gemma"
+    # The source is gone: from here on only the swarm has the model.
+    wait_for(lambda: n1.node_id in _stored_on(n2, "gemma"), 20, what="n2 sees gemma on n1")
+    by_name = _pull(n2, "gemma")
+    assert by_name["digest"] == first["digest"]
+    assert _blob(n2, sha).read_bytes() == path.read_bytes()
+    wait_for(lambda: n2.node_id in _stored_on(n3, "gemma"), 20, what="n3 sees gemma on n2")
+    by_url = _pull(n3, url, "--name", "gemma")  # the same source, offline: from peers
+    assert by_url["digest"] == first["digest"]
+    assert _blob(n3, sha).read_bytes() == path.read_bytes()
+    assert sorted(_stored_on(n4, "gemma")) == sorted(d.node_id for d in (n1, n2, n3))
+
+    # Corrupt every chunk of n1's and n3's copies on disk (a byte each); n4
+    # pulls from n1, n2 and n3 at once: both bad peers are dropped on their
+    # first chunk, and n2 serves the rest.
+    good = path.read_bytes()
+    for bad in (n1, n3):
+        with open(_blob(bad, sha), "r+b") as f:
+            for off in range(100, len(good), CHUNK_SIZE):
+                f.seek(off)
+                f.write(bytes([good[off] ^ 0xFF]))
+    got = _pull(n4, "gemma")
+    assert got["digest"] == first["digest"]
+    assert _blob(n4, sha).read_bytes() == good
+    assert sorted(got["dropped_sources"]) == ["peer n1", "peer n3"], got
+
+
+def test_ollama_clients_pull_and_delete_through_the_swarm(nodes: list[Daemon]) -> None:
+    """The official ``ollama`` client: /api/delete then /api/pull of a name the
+    swarm holds (from peers, Ollama's NDJSON progress), on node 2."""
+    import ollama
+
+    n2 = nodes[1]
+    path, sha = gemma_gguf()
+    c = ollama.Client(host=n2.api_url)
+    c.delete("gemma")
+    assert not _blob(n2, sha).exists() or n2.node_id not in _stored_on(n2, "gemma")
+    with pytest.raises(ollama.ResponseError) as info:
+        c.delete("gemma")
+    assert info.value.status_code == 404
+    lines = list(c.pull("gemma", stream=True))
+    assert lines[0].status == "pulling manifest"
+    assert any(ln.total == path.stat().st_size and ln.completed for ln in lines)
+    assert lines[-1].status == "success"
+    assert _blob(n2, sha).read_bytes() == path.read_bytes()
+    assert c.pull("gemma").status == "success"  # held now: at once
+
+
+def test_rm_on_another_node_and_everywhere(nodes: list[Daemon]) -> None:
+    n1, n2, n3, n4 = nodes
+    holders = set(_stored_on(n1, "gemma"))
+    assert {n1.node_id, n2.node_id, n4.node_id} <= holders
+    r = n1.ctl("rm", "gemma", "--node", "n4", "--json", timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert [x["node"] for x in doc["results"]] == [n4.node_id]
+    wait_for(lambda: n4.node_id not in _stored_on(n1, "gemma"), 20, what="n4's copy gone")
+    r = n1.ctl("rm", "gemma", "--node", "n4", timeout=30)  # nothing left there: 404
+    assert r.returncode != 0 and "404" in r.stderr, r.stderr
+    r = n3.ctl("rm", "gemma", "--everywhere", "--json", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    done = json.loads(r.stdout)["results"]
+    assert sorted(x["node"] for x in done) == sorted(d.node_id for d in (n1, n2, n3))
+    assert all(x["status"] == 200 for x in done)
+    wait_for(lambda: _stored_on(n1, "gemma") == [], 20, what="gemma gone everywhere")
