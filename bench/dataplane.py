@@ -284,11 +284,13 @@ def main() -> None:
             try:
                 from bench.proxy_compare import start_daemons
 
-                local, remote = start_daemons(procs, "simulated", {"e1": engine}, tmp,
-                                              True, "local")
+                local, remote, old = start_daemons(procs, "simulated", {"e1": engine}, tmp,
+                                                   True, "local", True)
                 paths["swarmd local (daemon)"] = local
                 if remote:
-                    paths["libp2p remote hop (daemon)"] = remote
+                    paths["data-plane remote hop (daemon)"] = remote
+                if old:
+                    paths["libp2p remote hop (daemon)"] = old
             except Exception as exc:  # noqa: BLE001 - report, measure the rest
                 print(f"# --old: daemons not measured: {exc}", flush=True)
         res: dict[tuple[str, int], dict[str, Any]] = {}

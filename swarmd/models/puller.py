@@ -241,7 +241,7 @@ class Puller:
                 meter.report(f.size)
             else:
                 sources = list(f.sources()) if f.sources is not None else [f.open()]
-                meter.labels = [s.label for s in sources]
+                meter.labels = list(dict.fromkeys(s.label for s in sources))
                 target = BlobTarget(key=self._key(f), size=f.size, sha256=f.sha256,
                                     chunks=f.chunks, label=f.path)
                 try:

@@ -22,7 +22,7 @@ from swarmd.dataplane import node_cert
 from swarmd.dataplane.server import DataPlaneServer
 from swarmd.engines.simulated import start_simulated_engine
 from swarmd.identity import Identity
-from swarmd.runtime.plane_side import Admission, Plane, PlaneForwarder, advertised, build_plane
+from swarmd.runtime.plane_side import Admission, Plane, advertised, build_plane
 from swarmd.testing.local_engines import UrlEngines
 from swarmd.testing.swarm_snapshot import node, snapshot
 
