@@ -12,6 +12,8 @@ The paths, all real processes on 127.0.0.1:
   litellm        client -> LiteLLM proxy (bench/.venv-litellm, 1 worker) -> engine
   swarmd-local   client -> swarmd daemon with the engine in [[engines]] -> engine
   swarmd-remote  client -> daemon A (no engines) -> data plane (TLS) -> daemon B -> engine
+  swarmd-asyncio swarmd-local with ``[api] event_loop = "asyncio"`` (the others run
+                 uvloop when it is installed: ``event_loop = "auto"``)
   swarmd-libp2p  client -> daemon A2 ([dataplane] enabled = false) -> libp2p forward
                  protocol -> daemon B -> engine (the old path, kept as the fallback)
 
@@ -71,7 +73,8 @@ from bench.harness import (  # noqa: E402
 MODEL = "bench"
 STREAM_MODEL = "bench-stream"
 LITELLM_VENV = BENCH / ".venv-litellm"
-PATHS = ("direct", "nginx", "litellm", "swarmd-local", "swarmd-remote", "swarmd-libp2p")
+PATHS = ("direct", "nginx", "litellm", "swarmd-local", "swarmd-asyncio", "swarmd-remote",
+         "swarmd-libp2p")
 #: Requests per concurrency level (times --scale); warm-up is max(50, level).
 REQUESTS = {1: 400, 16: 1200, 64: 2000, 256: 2560}
 
@@ -205,6 +208,19 @@ def start_daemons(procs: Procs, kind: str, engines: dict[str, str], tmp: Path,
     return b.api_url, urls[0], urls[1]
 
 
+def start_plain_asyncio(procs: Procs, kind: str, engine: str, tmp: Path, profile: str) -> str:
+    """A local-engine daemon on plain asyncio (its own swarm of one)."""
+    from swarmd.testing.daemon import Daemon
+
+    d = Daemon(tmp / "daemons", "node-asyncio", secret=secrets.token_hex(32), profile=profile,
+               log_level="warning", api_toml='event_loop = "asyncio"',
+               extra_toml=_engines_toml(kind, {MODEL: engine}))
+    procs.on_close(lambda: d.kill() if d.alive() else None)
+    d.start()
+    wait_until(lambda: chat_ok(d.api_url, MODEL), 30, "swarmd-asyncio", d.proc)
+    return d.api_url
+
+
 def setup(procs: Procs, tmp: Path, only: set[str], streams: int, stream_tps: float,
           stream_tokens: int, profile: str) -> Setup:
     s = Setup()
@@ -226,6 +242,8 @@ def setup(procs: Procs, tmp: Path, only: set[str], streams: int, stream_tps: flo
             s.why_not[name] = f"{type(exc).__name__}: {exc}"[:400]
 
     attempt("nginx", lambda: start_nginx(procs, engine, tmp))
+    attempt("swarmd-asyncio", lambda: start_plain_asyncio(procs, s.engine_kind, engine, tmp,
+                                                           profile))
     s.keys["litellm"] = "sk-bench-" + secrets.token_hex(16)
     attempt("litellm", lambda: start_litellm(procs, engine, tmp, s.keys["litellm"]))
     if only & {"swarmd-local", "swarmd-remote", "swarmd-libp2p"}:
@@ -336,6 +354,9 @@ def print_targets(res: dict[tuple[str, int], dict[str, Any]], levels: list[int])
     print("\nTargets (c=1: p50 added vs direct; the hop: remote minus local):")
     print(f"  swarmd-local  adds {_f(loc, 6, 3)} ms  (target <= 0.3 ms)  "
           f"{_verdict(loc, loc <= 0.3)}")
+    plain = overhead(res, "swarmd-asyncio", 1)
+    print(f"  (swarmd-local on plain asyncio adds {_f(plain, 6, 3)} ms; c=16 req/s "
+          f"{_f(rps(res, 'swarmd-asyncio', 16), 6, 0)} vs {_f(rps(res, 'swarmd-local', 16), 6, 0)})")
     print(f"  remote hop    adds {_f(hop, 6, 3)} ms  (target <= 1 ms)    "
           f"{_verdict(hop, hop <= 1.0)}   [old libp2p hop: {_f(old - loc, 6, 3)} ms]")
     if 16 in levels:

@@ -286,6 +286,8 @@ def validate(cfg: Config) -> None:
             parse_hostport(cfg.api.ollama_listen)
         except ValueError as exc:
             raise ConfigError("api.ollama_listen", str(exc)) from None
+    if cfg.api.event_loop not in ("auto", "uvloop", "asyncio"):
+        raise ConfigError("api.event_loop", "must be auto, uvloop or asyncio")
     if cfg.api.auth not in ("required", "loopback-open", "off"):
         raise ConfigError("api.auth", "must be required, loopback-open or off")
     if cfg.api.tls not in ("", "self-signed"):

@@ -162,6 +162,10 @@ class ApiSection:
     #: PEM certificate chain and private key files for the API port.
     tls_cert: str = ""
     tls_key: str = ""
+    #: The event loop of the HTTP side (API port, data plane, control
+    #: socket): ``"auto"`` (uvloop when it is installed, else asyncio),
+    #: ``"uvloop"`` (an error at start when it is not) or ``"asyncio"``.
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,8 @@ class RangeReader(asyncio.BufferedProtocol):
     # -- asyncio side -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A read/write transport (uvloop's is not an asyncio.Transport subclass).
+        self.transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.head is None:

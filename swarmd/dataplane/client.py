@@ -63,6 +63,8 @@ from swarmd.dataplane.tls import IsAdmitted, PeerCheck, PeerRefused, client_cont
 AddressOf = Callable[[str], "tuple[str, int] | None"]
 
 _SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+#: Least seconds allowed for a new connection's TCP connect and TLS handshake.
+HANDSHAKE_FLOOR = 30.0
 
 
 @dataclass(frozen=True)
@@ -277,9 +279,14 @@ class DataPlaneClient:
         url = self._url(node_id, path)
         session = self._session(node_id)
         for attempt in range(2):
-            timeout = aiohttp.ClientTimeout(total=None, connect=deadlines.cap(deadlines.connect))
+            # TCP connect + TLS handshake: at least HANDSHAKE_FLOOR s, since a burst
+            # of new connections (500 streams at once) queues handshakes on a busy
+            # CPU; a dead peer is cut off by membership (the forwarder's death
+            # watch) long before that, and a refused connection fails at once.
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=deadlines.cap(max(deadlines.connect, HANDSHAKE_FLOOR)))
             try:
-                async with asyncio.timeout(deadlines.cap(deadlines.connect
+                async with asyncio.timeout(deadlines.cap(max(deadlines.connect, HANDSHAKE_FLOOR)
                                                          + deadlines.first_byte)):
                     resp = await session.request(method, url, data=req.body, headers=headers,
                                                  timeout=timeout, allow_redirects=False)

@@ -108,7 +108,8 @@ async def serve(cfg: Config, identity: Identity, secret: bytes) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(p2p.run)
         await node.start()
-        http = HttpSide(trio.lowlevel.current_trio_token(), start_http, label=cfg.api.listen)
+        http = HttpSide(trio.lowlevel.current_trio_token(), start_http, label=cfg.api.listen,
+                        event_loop=cfg.api.event_loop)
         # Blocks until every listener is bound; run off the trio thread so
         # libp2p keeps answering meanwhile.
         started = await trio.to_thread.run_sync(http.start)

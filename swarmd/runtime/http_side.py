@@ -43,10 +43,12 @@ class HasCleanups(Protocol):
 
 class HttpSide:
     def __init__(self, trio_token: trio.lowlevel.TrioToken,
-                 start: Callable[[Bridge], Awaitable[HasCleanups]], *, label: str = "") -> None:
+                 start: Callable[[Bridge], Awaitable[HasCleanups]], *, label: str = "",
+                 event_loop: str = "asyncio") -> None:
         self.trio_token = trio_token
         self._start = start
         self._label = label
+        self._loop_kind = event_loop
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -72,9 +74,24 @@ class HttpSide:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
+    def _loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop] | None:
+        """uvloop's loop for ``event_loop`` ``"uvloop"``/``"auto"`` (when installed)."""
+        if self._loop_kind == "asyncio":
+            return None
+        try:
+            import uvloop
+        except ImportError:
+            if self._loop_kind == "uvloop":
+                raise RuntimeError("[api] event_loop = \"uvloop\" but uvloop is not "
+                                   "installed (pip install uvloop)") from None
+            return None
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+
     def _run(self) -> None:
         try:
-            asyncio.run(self._main())
+            with asyncio.Runner(loop_factory=self._loop_factory()) as runner:
+                runner.run(self._main())
         except BaseException as exc:  # reported to start() or logged
             if not self._ready.is_set():
                 self._error = exc
@@ -85,6 +102,7 @@ class HttpSide:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        log.debug("http side event loop", extra=kv(loop=type(self.loop).__module__))
         try:
             self._bridge = Bridge(self.trio_token, self.loop)
             started = await self._start(self._bridge)
