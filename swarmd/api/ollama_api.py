@@ -406,7 +406,9 @@ async def pull_ndjson(request: web.Request, models: Any, name: str,
             await resp.write(json.dumps(line).encode() + b"\n")
     try:
         await task
-    except PullError as exc:
+    except Exception as exc:  # PullError, or a store failure: one error line, never a 500 mid-stream
+        if not isinstance(exc, PullError):
+            log.exception("pull failed")
         if resp is None:
             return _json(tr.error_body(str(exc)), status=500)
         await resp.write(json.dumps(tr.error_body(str(exc))).encode() + b"\n")

@@ -100,8 +100,10 @@ def test_ollama_clients_pull_and_delete_through_the_swarm(nodes: list[Daemon]) -
     swarm holds (from peers, Ollama's NDJSON progress), on node 2."""
     import ollama
 
-    n2 = nodes[1]
+    n2, n4 = nodes[1], nodes[3]
     path, sha = gemma_gguf()
+    # n1 and n3 hold corrupted copies now: n4's good one must be known to n2.
+    wait_for(lambda: n4.node_id in _stored_on(n2, "gemma"), 20, what="n2 sees n4's copy")
     c = ollama.Client(host=n2.api_url)
     c.delete("gemma")
     assert not _blob(n2, sha).exists() or n2.node_id not in _stored_on(n2, "gemma")
@@ -118,8 +120,9 @@ def test_ollama_clients_pull_and_delete_through_the_swarm(nodes: list[Daemon]) -
 
 def test_rm_on_another_node_and_everywhere(nodes: list[Daemon]) -> None:
     n1, n2, n3, n4 = nodes
-    holders = set(_stored_on(n1, "gemma"))
-    assert {n1.node_id, n2.node_id, n4.node_id} <= holders
+    want = {n1.node_id, n2.node_id, n3.node_id, n4.node_id}
+    wait_for(lambda: want <= set(_stored_on(n1, "gemma")), 20,
+             what="n1 sees every copy (n2 pulled again just before)")
     r = n1.ctl("rm", "gemma", "--node", "n4", "--json", timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(r.stdout)
