@@ -179,15 +179,20 @@ class OllamaHandlers:
                       "capabilities": ollama_caps, "modified_at": entry["modified_at"],
                       "swarmd": entry["swarmd"]})
 
+    async def _model_of(self, request: web.Request) -> tuple[str, dict[str, Any]]:
+        """The ``model`` (or ``name``) of a pull/delete body, and the body; ClientError if none."""
+        body = require_object(await read_body(request, self.deps.api.max_body_bytes))
+        name = body.get("model", body.get("name"))
+        if not isinstance(name, str) or not name:
+            raise ClientError(400, "model is required")
+        return name, body
+
     async def pull(self, request: web.Request) -> web.StreamResponse:
         models = getattr(self.deps, "models", None)
         if models is None:
             return await self.not_managed(request)
         try:
-            body = require_object(await read_body(request, self.deps.api.max_body_bytes))
-            name = body.get("model", body.get("name"))
-            if not isinstance(name, str) or not name:
-                raise ClientError(400, "model is required")
+            name, body = await self._model_of(request)
         except ClientError as exc:
             return error_response(exc)
         stream = body.get("stream", True) is not False
@@ -198,20 +203,14 @@ class OllamaHandlers:
         if models is None:
             return await self.not_managed(request)
         try:
-            body = require_object(await read_body(request, self.deps.api.max_body_bytes))
-            name = body.get("model", body.get("name"))
-            if not isinstance(name, str) or not name:
-                raise ClientError(400, "model is required")
+            name, _ = await self._model_of(request)
         except ClientError as exc:
             return error_response(exc)
-        from swarmd.models.store import NotFound, StoreError
-
-        try:
-            await asyncio.to_thread(models.remove, name)
-        except NotFound:
+        status, doc = await asyncio.to_thread(models.try_remove, name)
+        if status == 404:
             return _json(tr.error_body(f"model '{name}' not found"), status=404)
-        except StoreError as exc:
-            return _json(tr.error_body(str(exc)), status=409)
+        if status != 200:
+            return _json(tr.error_body(doc["error"]), status=status)
         return web.Response(status=200)
 
     async def not_managed(self, request: web.Request) -> web.Response:
@@ -396,13 +395,9 @@ async def pull_ndjson(request: web.Request, models: Any, name: str,
     if stream:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-    digest = ""
     while (ev := await events.get()) is not None:
         line = _pull_line(ev)
-        if line is None:
-            continue
-        digest = line.get("digest", digest)
-        if resp is not None:
+        if line is not None and resp is not None:
             await resp.write(json.dumps(line).encode() + b"\n")
     try:
         await task

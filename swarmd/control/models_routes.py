@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from swarmd.models.spec import SpecError, parse_spec, valid_name
-from swarmd.models.store import NotFound, StoreError
 
 if TYPE_CHECKING:
     from swarmd.models.service import ModelService
@@ -87,7 +86,7 @@ class _Routes:
             return _error(400, 'body must be {"name": NAME}', "bad_body")
         node, everywhere = body.get("node"), body.get("everywhere") is True
         if node is None and not everywhere:
-            status, doc = await remove_here(svc, name)
+            status, doc = await asyncio.to_thread(svc.try_remove, name)
             if status != 200:
                 return _error(status, doc["error"], doc["code"])
             return web.json_response({"ok": True, "removed": doc["removed"]})
@@ -103,15 +102,14 @@ class _Routes:
             if not targets:
                 return _error(404, f"no node holds {name!r}", "model_not_found")
         else:
-            if not isinstance(node, str) or peers.find_node(node) is None:
+            found = peers.find_node(node) if isinstance(node, str) else None
+            if found is None:
                 return _error(404, f"no member {node!r}", "node_not_found")
-            found = peers.find_node(node)
-            snap_self = found[0] == peers.snapshot().node_id
-            targets.append(("", "this node") if snap_self else found)
+            targets.append(("", "this node") if found[0] == peers.snapshot().node_id else found)
         results = []
         for node_id, node_name in targets:
             if not node_id:
-                status, doc = await remove_here(svc, name)
+                status, doc = await asyncio.to_thread(svc.try_remove, name)
             else:
                 status, doc = await peers.remove_on(node_id, name)
             results.append({"node": node_id or peers.snapshot().node_id, "name": node_name,
@@ -175,19 +173,6 @@ class _Routes:
                 await asyncio.shield(task)
         await resp.write_eof()
         return resp
-
-
-async def remove_here(svc: ModelService, name: str) -> tuple[int, dict[str, Any]]:
-    """Remove ``name`` from this node's store: (status, answer); also what a
-    peer's ``rm --node`` runs here (the data plane's model removal)."""
-    try:
-        m = await asyncio.to_thread(svc.remove, name)
-    except NotFound as exc:
-        return 404, {"error": str(exc), "code": "model_not_found"}
-    except StoreError as exc:
-        return 409, {"error": str(exc), "code": "in_use"}
-    return 200, {"removed": {"name": m.manifest.name, "digest": m.digest,
-                             "size": m.manifest.size}}
 
 
 def register(app: web.Application, service: ServiceFn, prefix: str = "/v1") -> None:

@@ -18,7 +18,7 @@ from swarmd.models.fetch import RateLimiter
 from swarmd.models.inventory import inventory
 from swarmd.models.puller import Puller
 from swarmd.models.sources.base import Plan, SourceSettings
-from swarmd.models.store import ModelStore, StoredModel
+from swarmd.models.store import ModelStore, NotFound, StoredModel, StoreError
 
 if TYPE_CHECKING:
     from swarmd.config import Config
@@ -76,6 +76,21 @@ class ModelService:
         m = self.store.remove(ref)
         self._changed()
         return m
+
+    def try_remove(self, ref: str) -> tuple[int, dict[str, Any]]:
+        """:meth:`remove` as an HTTP outcome (blocking: run it in a thread):
+        ``(200, {"removed": {name, digest, size}})``, ``(404, {"error", "code":
+        "model_not_found"})`` or ``(409, {"error", "code": "in_use"})``.  The
+        control API, a peer's ``rm --node`` (the data plane) and Ollama's
+        ``/api/delete`` all answer from it."""
+        try:
+            m = self.remove(ref)
+        except NotFound as exc:
+            return 404, {"error": str(exc), "code": "model_not_found"}
+        except StoreError as exc:
+            return 409, {"error": str(exc), "code": "in_use"}
+        return 200, {"removed": {"name": m.manifest.name, "digest": m.digest,
+                                 "size": m.manifest.size}}
 
     def listing(self) -> dict[str, Any]:
         return {"dir": str(self.store.root), "usage": self.store.usage(),

@@ -32,8 +32,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from swarmd.api.proxy import Forwarder
 from swarmd.api.upstream import Deadlines, ProxyRequest, UpstreamError, UpstreamResponse
 from swarmd.core.snapshot import Snapshot
 from swarmd.dataplane import node_cert
@@ -47,11 +48,6 @@ log = logging.getLogger("swarmd.dataplane")
 COOLDOWN = 30.0
 #: Seconds between checks of in-flight forwards against membership.
 DEATH_POLL = 0.5
-
-
-class Forwarder(Protocol):
-    async def open(self, node_id: str, engine_id: str, req: ProxyRequest,
-                   deadlines: Deadlines) -> UpstreamResponse: ...
 
 
 class Admission:
@@ -110,13 +106,17 @@ class PlaneForwarder:
         self._cool: dict[str, tuple[float, int]] = {}  # node -> (until, next address index)
         self._flights: set[_Flight] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._seen: Snapshot | None = None
+        self._by_id: dict[str, Any] = {}
         self.client.address_of = self.address_of
 
     def _node(self, node_id: str) -> Any:
-        for n in self.snapshot().nodes:
-            if n.node_id == node_id:
-                return n
-        return None
+        """The member ``node_id`` (an index rebuilt once per published snapshot)."""
+        snap = self.snapshot()
+        if snap is not self._seen:
+            self._by_id = {n.node_id: n for n in snap.nodes}
+            self._seen = snap
+        return self._by_id.get(node_id)
 
     def address_of(self, node_id: str) -> tuple[str, int] | None:
         n = self._node(node_id)
@@ -127,10 +127,8 @@ class PlaneForwarder:
         return addr
 
     def _use_plane(self, node_id: str) -> bool:
-        if self.address_of(node_id) is None:
-            return False
         until, _ = self._cool.get(node_id, (0.0, 0))
-        return time.monotonic() >= until
+        return time.monotonic() >= until and self.address_of(node_id) is not None
 
     async def open(self, node_id: str, engine_id: str, req: ProxyRequest,
                    deadlines: Deadlines) -> UpstreamResponse:

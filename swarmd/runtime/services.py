@@ -29,7 +29,6 @@ from swarmd.api.key_service import BudgetService, KeyService
 from swarmd.api.ollama_api import OllamaServer
 from swarmd.api.tls import server_context
 from swarmd.config import Config, parse_hostport
-from swarmd.control.models_routes import remove_here
 from swarmd.control.server import start_control_server
 from swarmd.core.replica import Entry
 from swarmd.core.snapshot import Snapshot
@@ -210,7 +209,7 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
             peer_models = PeerModels(plane.client, ports.snapshot, asyncio.get_running_loop())
             models.puller.peer_plan = peer_models.plan
             models.peers = peer_models  # swarmctl rm --node / --everywhere
-            plane.server.remove_model = lambda name: remove_here(models, name)
+            plane.server.remove_model = lambda name: asyncio.to_thread(models.try_remove, name)
         server = ForwardServer(bridge, api.proxy.open_local, timeouts)
         started.forward_server = server
         proxy = api.proxy

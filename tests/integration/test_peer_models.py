@@ -130,6 +130,8 @@ def test_rm_on_another_node_and_everywhere(nodes: list[Daemon]) -> None:
     wait_for(lambda: n4.node_id not in _stored_on(n1, "gemma"), 20, what="n4's copy gone")
     r = n1.ctl("rm", "gemma", "--node", "n4", timeout=30)  # nothing left there: 404
     assert r.returncode != 0 and "404" in r.stderr, r.stderr
+    wait_for(lambda: n4.node_id not in _stored_on(n3, "gemma"), 20,
+             what="n3 sees n4's copy gone")
     r = n3.ctl("rm", "gemma", "--everywhere", "--json", timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     done = json.loads(r.stdout)["results"]

@@ -10,8 +10,10 @@ admission follows membership.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -89,12 +91,24 @@ async def _plane(world: World, fb: Fallback) -> Plane:
     return await build_plane(identity=A, secret=SECRET, snapshot=world.snap, fallback=fb)
 
 
+@contextlib.asynccontextmanager
+async def _swarm(**engine: Any) -> AsyncIterator[tuple[World, Fallback, Plane]]:
+    """B serving a simulated engine behind its plane; A's plane and world; torn down after."""
+    srv, eng, sess, port = await _serve_b(**engine)
+    world, fb = World(port), Fallback()
+    plane = await _plane(world, fb)
+    try:
+        yield world, fb, plane
+    finally:
+        await plane.stop()
+        await srv.stop()
+        await sess.close()
+        await eng.stop()
+
+
 def test_over_the_plane_and_death_mid_stream_is_unavailable() -> None:
     async def go() -> None:
-        srv, eng, sess, port = await _serve_b(tps=20.0, max_tokens=200)
-        world, fb = World(port), Fallback()
-        plane = await _plane(world, fb)
-        try:
+        async with _swarm(tps=20.0, max_tokens=200) as (world, fb, plane):
             resp = await plane.forwarder.open(B.peer_id, "e1", _req(), _dl())
             assert resp.status == 200
             first = await resp.read()
@@ -110,27 +124,18 @@ def test_over_the_plane_and_death_mid_stream_is_unavailable() -> None:
             assert plane.forwarder.stats["plane"] == 1
             assert plane.forwarder.stats["abandoned"] == 1
             assert fb.calls == []
-        finally:
-            await plane.stop()
-            await srv.stop()
-            await sess.close()
-            await eng.stop()
 
     asyncio.run(go())
 
 
 def test_death_before_the_answer_head_is_unavailable() -> None:
     async def go() -> None:
-        srv, eng, sess, port = await _serve_b(ttft_ms=3000.0)
-        world, fb = World(port), Fallback()
-        plane = await _plane(world, fb)
-
-        async def kill_soon() -> None:
+        async def kill_soon(world: World) -> None:
             await asyncio.sleep(0.3)
             world.state = "dead"
 
-        try:
-            killer = asyncio.ensure_future(kill_soon())
+        async with _swarm(ttft_ms=3000.0) as (world, _fb, plane):
+            killer = asyncio.ensure_future(kill_soon(world))
             t0 = time.monotonic()
             with pytest.raises(UpstreamError) as ei:
                 await plane.forwarder.open(B.peer_id, "e1", _req(stream=False), _dl())
@@ -139,11 +144,6 @@ def test_death_before_the_answer_head_is_unavailable() -> None:
             await killer
             # The caller's task is not left cancelled: it goes on normally.
             await asyncio.sleep(0.01)
-        finally:
-            await plane.stop()
-            await srv.stop()
-            await sess.close()
-            await eng.stop()
 
     asyncio.run(go())
 
