@@ -207,13 +207,13 @@ class Limits:
         deadline = self._clock() + self.config.borrow_wait
         hold_until = self._started + self.config.startup_hold
         asked = False
+        self._last_local[b.id] = self._clock()  # local demand: keep a quarter (see _keep)
         while True:
             idx = self._index()
             if self._clock() >= hold_until or self._caught_up():
                 have = idx.rights(b, self.node_id, self.own) - self.reserved[b.id]
                 if have >= worst:
                     self.reserved[b.id] += worst
-                    self._last_local[b.id] = self._clock()
                     if asked:
                         self.stats["borrowed"] += 1
                     return
@@ -397,7 +397,7 @@ class Limits:
                 if outstanding <= 0:
                     continue
                 spare = (idx.rights(b, self.node_id, self.own) - self.reserved[bid]
-                         - self._keep(b))
+                         - self._keep(b, idx))
                 amount = min(outstanding, spare // 2 if spare > 1 else spare)
                 if amount <= 0:
                     continue
@@ -409,14 +409,26 @@ class Limits:
             self.flush()
         return made
 
-    def _keep(self, b: Budget) -> int:
-        """Rights a giver keeps for its own clients: a quarter of its minted
-        share while it served this budget in the last KEEP_FOR seconds (so a
-        node cut off right after its neighbours asked still has some), else 0."""
+    def _keep(self, b: Budget, idx: escrow.EscrowIndex) -> int:
+        """Rights a giver keeps for its own clients: a quarter of its minted share
+        while less than half of the budget is spent swarm-wide (as this node
+        sees it), or while its own clients asked for this budget in the last
+        KEEP_FOR seconds; else 0.
+
+        The first clause is the partition guarantee: an idle node cannot be
+        drained by its neighbours' early traffic and then cut off with
+        nothing for the clients it gets next.  Past half, the floor lifts, so
+        one busy node can still reach the whole budget: before half, the
+        others give it at least 3/4 of their mint, which with its own share
+        is more than half of the amount.
+        """
+        quarter = escrow.mint(b, self.node_id) // 4
+        if idx.swarm_spent(b, self.node_id, self.own) * 2 < b.amount:
+            return quarter
         last = self._last_local.get(b.id)
         if last is None or self._clock() - last > KEEP_FOR:
             return 0
-        return escrow.mint(b, self.node_id) // 4
+        return quarter
 
     def watch_budgets(self, infos: Mapping[str, KeyInfo]) -> None:
         """Track the current windows of every budget (so wants get answered)."""

@@ -40,6 +40,16 @@ holds while it is down or cut off are unusable (never spent twice) until it
 returns or the window ends: the cost of a partition is under-use, never
 overspend.
 
+**Liveness.**  Transfers answer wants (the API side gives half its spare
+a round), so an idle node could be drained by its neighbours' early
+reservations and then be cut off with nothing for its own clients.  A
+giver therefore keeps a quarter of its mint while its own clients asked in
+the last minute, or while under half of the amount is spent swarm-wide as
+it sees it (:meth:`swarmd.api.limits.Limits._keep`).  Past half the floor
+of an idle node lifts: by then a single busy node has been given at least
+3/4 of every other mint, more than half of the amount, so it can still
+reach all of it.
+
 Everything here is pure: the API side (:mod:`swarmd.api.limits`) holds
 this node's own counters and reservations, reads peers' slots from the
 snapshot, and writes its slots through the node machine.

@@ -5,7 +5,8 @@ cut-off host keeps serving its own clients); 51 clients (17 per host, inside
 each namespace) spend one key's 10,000-token daily budget while host 2 is
 cut off from the others for part of the run.  The escrow rules allow no
 overspend for an engine that honours ``max_tokens`` (swarmd/core/escrow.py),
-partition or not, and after the heal every node reports the same totals.
+partition or not; every host's clients are served, the cut-off one's too;
+and after the heal every node reports the same totals.
 """
 
 from __future__ import annotations
@@ -79,11 +80,11 @@ def test_budget_holds_through_a_partition(lab: netns.Lab, tmp_path: Path) -> Non
         assert outs[2]["errors"] <= 17, outs[2]["reasons"]
         assert total <= BUDGET, f"overspent: {total} > {BUDGET}"
         assert sum(o["refused"] for o in outs) > 0
-        # Liveness is weaker than safety here: in about one run of four one
-        # host's clients got nothing (every request refused while its
-        # neighbours served); under investigation (see the issue note).  The
-        # swarm as a whole must have served.
-        assert sum(o["ok"] for o in outs) > 0
+        # Liveness: every host's clients were served, the cut-off one too.  A
+        # node keeps a quarter of its mint while its own clients ask, or while
+        # under half of the budget is spent (``Limits._keep``), so its
+        # neighbours' early wants cannot leave it with nothing at the cut.
+        assert all(o["ok"] > 0 for o in outs), [(o["ok"], o["refused"]) for o in outs]
 
         def spent(d: Daemon) -> int:
             rows = {row["key"]: row for row in json.loads(

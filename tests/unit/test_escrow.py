@@ -132,10 +132,11 @@ def _pin_wall(s: Swarm) -> None:
         lim._wall = lambda: WALL
 
 
-async def _client(s: Swarm, node: str, rng: random.Random, stats: dict[str, int]) -> None:
+async def _client(s: Swarm, node: str, rng: random.Random, stats: dict[str, int],
+                  requests: int = 40) -> None:
     lim = s.limits[node]
     principal = {"key": KEY}
-    for _ in range(40):
+    for _ in range(requests):
         try:
             hold = await lim.admit(principal, _req("x" * rng.randint(1, 50),
                                                    rng.choice([None, 20, 100])))
@@ -207,9 +208,70 @@ def test_shares_move_to_the_node_with_the_traffic() -> None:
 
     asyncio.run(main())
     b = budgets_of(KEY, WALL)[0]
-    # node a alone spent far more than its own third: b and c gave it theirs
-    assert s.limits["a"].own[f"a|{b.id}|$"] > mint(b, "a") * 1.5
+    # node a alone spent far more than its own third: b and c gave it theirs,
+    # and past half of the budget their kept quarters too (nothing stranded)
+    assert s.limits["a"].own[f"a|{b.id}|$"] > 0.9 * KEY.budget_tokens_day
     assert s.limits["b"].stats["gave"] + s.limits["c"].stats["gave"] > 0
+
+
+def _ask(s: Swarm, node: str, b: Budget, want: int, spent: int = 0) -> None:
+    lim = s.limits[node]
+    for tail, v in (("?", want), ("$", spent)):
+        if v:
+            lim.own[f"{node}|{b.id}|{tail}"] = v
+            lim._dirty.add(f"{node}|{b.id}|{tail}")
+    lim.flush()
+    s.gossip()
+
+
+def _answer_wants(s: Swarm, node: str, rounds: int) -> None:
+    for _ in range(rounds):
+        s.limits[node].watch_budgets({KEY.id: KEY})
+        s.limits[node].give()
+        s.gossip()
+
+
+def test_an_idle_node_keeps_a_quarter_until_half_the_budget_is_spent() -> None:
+    """Liveness under a partition.  Node a's many clients reserve far more than it
+    holds, so it asks for more than c's whole share while little is spent; idle c
+    answers, round after round, but keeps a quarter of its mint.  Cut off then,
+    c still serves the clients it gets next (before the floor, c gave all but a
+    token of its share away and refused them)."""
+    s = Swarm(["a", "b", "c"], seed=0)
+    _pin_wall(s)
+    b = budgets_of(KEY, WALL)[0]
+    _ask(s, "a", b, want=KEY.budget_tokens_day, spent=2000)
+    _answer_wants(s, "c", 40)
+    c_rights = rights(b, "c", {}, s.limits["c"].own)
+    assert s.limits["c"].stats["gave"] > 0
+    assert mint(b, "c") // 4 <= c_rights < mint(b, "c") // 2
+
+    s.cut = {"c"}
+    late = {"ok": 0, "refused": 0}
+
+    async def main() -> None:
+        await asyncio.gather(*[_client(s, "c", random.Random(i), late, 4) for i in range(3)])
+
+    asyncio.run(main())
+    assert late["ok"] >= 3
+
+
+def test_past_half_the_budget_an_idle_node_gives_its_quarter_too() -> None:
+    """The floor lifts once half is spent, so one busy node can use the whole
+    budget: nothing stays stranded on nodes with no traffic."""
+    s = Swarm(["a", "b", "c"], seed=0)
+    _pin_wall(s)
+    b = budgets_of(KEY, WALL)[0]
+    _ask(s, "a", b, want=KEY.budget_tokens_day, spent=KEY.budget_tokens_day // 2 + 1)
+    _answer_wants(s, "c", 40)
+    assert rights(b, "c", {}, s.limits["c"].own) <= 1
+    # but a node whose own clients asked in the last KEEP_FOR seconds keeps its quarter
+    s2 = Swarm(["a", "b", "c"], seed=0)
+    _pin_wall(s2)
+    _ask(s2, "a", b, want=KEY.budget_tokens_day, spent=KEY.budget_tokens_day // 2 + 1)
+    s2.limits["c"]._last_local[b.id] = s2.limits["c"]._clock()
+    _answer_wants(s2, "c", 40)
+    assert rights(b, "c", {}, s2.limits["c"].own) >= mint(b, "c") // 4
 
 
 def test_unknown_usage_is_charged_at_the_reservation_and_release_gives_it_back() -> None:
