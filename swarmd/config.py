@@ -350,6 +350,10 @@ def _validate_models(m: ModelsSection) -> None:
     for key in ("max_disk", "max_transfer_rate"):
         if getattr(m, key) < 0:
             raise ConfigError(f"models.{key}", "must be >= 0 bytes (0 = unlimited)")
+    if m.load_timeout <= 0:
+        raise ConfigError("models.load_timeout", "must be > 0 seconds")
+    if m.keep_alive < 0:
+        raise ConfigError("models.keep_alive", "must be >= 0 seconds (0 = never unload)")
     for key in ("hf_endpoint", "ollama_registry"):
         if not re.match(r"^https?://[^/\s]+", getattr(m, key)):
             raise ConfigError(f"models.{key}", f"{getattr(m, key)!r} is not an http(s) URL")

@@ -259,6 +259,19 @@ class ModelsSection:
     #: An existing local Ollama store to import from by hard link before
     #: asking the registry.  Empty = ``~/.ollama/models`` when it exists.
     ollama_dir: str = ""
+    #: Start a model on demand: a request for a model that some node's store
+    #: holds but no engine serves deploys it (one replica, placed by the
+    #: coordinator as ``swarmctl run`` would) and waits for it.  Off: 404.
+    on_demand: bool = True
+    #: Seconds a request waits for an on-demand model to be fetched, placed
+    #: and loaded before it fails with 503 ``model_load_timeout``.  A model
+    #: from a peer on a LAN loads in seconds; a first load of a large model
+    #: from disk can take minutes.
+    load_timeout: float = 120.0
+    #: Seconds an on-demand model may sit idle (no request in flight on its
+    #: engine) before it is unloaded everywhere, as Ollama's ``keep_alive``.
+    #: 0 = never unload.  Deployments made by ``swarmctl run`` always stay.
+    keep_alive: float = 300.0
 
 
 @dataclass(frozen=True)

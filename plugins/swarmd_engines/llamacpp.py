@@ -109,11 +109,24 @@ class LlamaCppEngine(OpenAICompatEngine):
             out.append(ModelInfo(m.id, loaded=loaded, meta=m.meta))
         return out
 
+    launch_formats: ClassVar[tuple[str, ...]] = ("gguf",)
+
+    @classmethod
+    def launch_available(cls) -> bool:
+        return bool(shutil.which("llama-server")) or importlib.util.find_spec("llama_cpp") is not None
+
+    @classmethod
+    def launched_capacity(cls, argv: list[str], slots: int) -> int:
+        # llama-server runs -np slots in parallel; llama-cpp-python one request.
+        return max(1, slots) if argv and argv[0].endswith("llama-server") else 1
+
     @classmethod
     def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
-                       threads: int = 0, chat_format: str = "") -> list[str] | None:
+                       threads: int = 0, chat_format: str = "",
+                       memory_fraction: float = 0.0) -> list[str] | None:
         """``llama-server`` when it is on PATH, else llama-cpp-python's server
-        from swarmd's own Python (the embedded default)."""
+        from swarmd's own Python (the embedded default).  llama.cpp allocates
+        what it needs: ``memory_fraction`` is not used."""
         native = shutil.which("llama-server")
         if native:
             argv = [native, "-m", model_path, "--host", "127.0.0.1", "--port", "{port}",

@@ -25,11 +25,32 @@ header (swarmd/api/ollama_api.py).  Such a server is not an engine: routing
 to it would send requests back into the swarm.  The probe does not detect it
 and :meth:`OllamaEngine.health` fails with that reason, so a configured
 engine that points at a swarmd node never becomes healthy.
+
+Launched by swarmd (GGUF files; ``ollama`` on PATH, or an Ollama already
+answering): the Ollama daemon at ``OLLAMA_HOST`` (Ollama's own variable;
+default ``127.0.0.1:11434``) is used when it answers ``Ollama is running``
+(and is not a swarmd node), else ``ollama serve`` runs under the supervisor
+with ``OLLAMA_HOST=127.0.0.1:P`` and ``OLLAMA_NUM_PARALLEL=SLOTS``.  Then the
+store's GGUF goes into Ollama (:meth:`OllamaEngine.after_launch`): ``HEAD
+/api/blobs/sha256:D`` (200: Ollama has it), else ``POST`` the file there (201;
+Ollama checks the digest), ``POST /api/create`` ``{"model": NAME, "files":
+{"<file>.gguf": "sha256:D"}, "parameters": {"num_ctx": CTX}}`` (Ollama gives
+each of its parallel slots ``num_ctx``), and ``POST /api/generate``
+``{"model": NAME, "keep_alive": -1}`` (no prompt: load only, kept loaded).
+Ollama lists it as ``NAME:latest``; the manager renames that to NAME.  A
+borrowed daemon is asked to unload it (``keep_alive`` 0) when the deployment
+stops; a launched one is stopped.  The blob is a copy in Ollama's own store
+(``OLLAMA_MODELS``).  Not run against a real Ollama in swarmd's tests.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import os
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -50,6 +71,45 @@ RESPONSES_SINCE = (0, 13, 3)
 
 #: The header swarmd's own Ollama routes answer with (swarmd/api/ollama_api.py).
 SWARMD_HEADER = "x-swarmd"
+#: Seconds allowed for pushing a model file into Ollama and for loading it.
+UPLOAD_TIMEOUT_S = 3600.0
+LOAD_TIMEOUT_S = 900.0
+
+
+def configured_url(env: Mapping[str, str] | None = None) -> str:
+    """The Ollama URL ``OLLAMA_HOST`` names, as Ollama's own client reads it:
+    ``host``, ``host:port`` or a URL; default ``http://127.0.0.1:11434``; a
+    listen-everywhere host (``0.0.0.0``, ``::``) is reached on loopback."""
+    raw = (os.environ if env is None else env).get("OLLAMA_HOST", "").strip()
+    scheme, _, rest = raw.rpartition("://") if "://" in raw else ("http", "", raw)
+    rest = rest.split("/", 1)[0]
+    host, port = rest, "11434"
+    if rest.startswith("["):
+        h, _, p = rest[1:].partition("]")
+        host, port = h, p.lstrip(":") or port
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+        port = port or "11434"
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme or 'http'}://{host}:{port}"
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+async def _check(resp: aiohttp.ClientResponse, what: str, ok: tuple[int, ...] = (200,)) -> None:
+    body = await resp.read()
+    if resp.status not in ok:
+        raise EngineError(f"Ollama {what}: HTTP {resp.status}: "
+                          f"{body[:300].decode('utf-8', 'replace')}")
 
 
 def is_swarmd(headers: Mapping[str, str]) -> bool:
@@ -77,6 +137,63 @@ class OllamaEngine(OpenAICompatEngine):
     kind: ClassVar[str] = "ollama"
     default_ports: ClassVar[tuple[int, ...]] = (11434,)
     max_tokens_field: ClassVar[str] = "max_tokens"
+    launch_formats: ClassVar[tuple[str, ...]] = ("gguf",)
+
+    # -- launched by swarmd (see the module docstring) ----------------------------
+
+    @classmethod
+    def launch_available(cls) -> bool:
+        return shutil.which("ollama") is not None
+
+    @classmethod
+    def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
+                       threads: int = 0, chat_format: str = "",
+                       memory_fraction: float = 0.0) -> list[str] | None:
+        exe = shutil.which("ollama")
+        return [exe, "serve"] if exe else None
+
+    @classmethod
+    def launch_env(cls, *, ctx: int, slots: int) -> dict[str, str]:
+        return {"OLLAMA_HOST": "127.0.0.1:{port}", "OLLAMA_NUM_PARALLEL": str(max(1, slots))}
+
+    @classmethod
+    def launched_name(cls, model_path: str, model_id: str) -> str:
+        return model_id if ":" in model_id.rsplit("/", 1)[-1] else model_id + ":latest"
+
+    @classmethod
+    async def running_server(cls, http: aiohttp.ClientSession) -> str | None:
+        url = configured_url()
+        return url if await cls.probe(http, url) else None
+
+    @classmethod
+    async def after_launch(cls, http: aiohttp.ClientSession, url: str, model_path: str, *,
+                           model_id: str, ctx: int, slots: int, sha256: str = "") -> None:
+        digest = "sha256:" + (sha256 or await asyncio.to_thread(_sha256_file, model_path))
+        blob = f"{url}/api/blobs/{digest}"
+        async with http.head(blob, timeout=aiohttp.ClientTimeout(total=30)) as r:
+            have = r.status == 200
+        if not have:
+            with open(model_path, "rb") as f:  # noqa: ASYNC230 -- aiohttp reads it in chunks
+                async with http.post(blob, data=f,
+                                     timeout=aiohttp.ClientTimeout(total=UPLOAD_TIMEOUT_S)) as r:
+                    await _check(r, f"blob upload of {model_path}", (200, 201))
+        name = cls.launched_name(model_path, model_id)
+        doc = {"model": name, "files": {Path(model_path).name: digest},
+               "parameters": {"num_ctx": ctx}, "stream": False}
+        async with http.post(url + "/api/create", json=doc,
+                             timeout=aiohttp.ClientTimeout(total=LOAD_TIMEOUT_S)) as r:
+            await _check(r, f"create {name}")
+        async with http.post(url + "/api/generate",
+                             json={"model": name, "keep_alive": -1, "stream": False},
+                             timeout=aiohttp.ClientTimeout(total=LOAD_TIMEOUT_S)) as r:
+            await _check(r, f"load {name}")
+
+    @classmethod
+    async def release(cls, http: aiohttp.ClientSession, url: str, name: str) -> None:
+        async with http.post(url + "/api/generate", json={"model": name, "keep_alive": 0,
+                                                          "stream": False},
+                             timeout=aiohttp.ClientTimeout(total=60)) as r:
+            await _check(r, f"unload {name}")
 
     async def capabilities(self, http: aiohttp.ClientSession,
                            models: list[ModelInfo]) -> dict[str, tuple[str, ...]] | None:

@@ -11,10 +11,21 @@ does not check the ``model`` field).  ``GET /metrics`` has the gauges
 ``tgi_queue_size`` (waiting) and ``tgi_batch_current_size`` (running).
 Default ports: 3000 (the launcher's default) and 8080 (the usual
 ``docker run -p 8080:80``).
+
+Launched by swarmd (safetensors directories; ``text-generation-launcher`` on
+PATH): ``text-generation-launcher --model-id DIR --hostname 127.0.0.1 --port P
+--max-total-tokens CTX --max-input-tokens CTX-1 --max-concurrent-requests
+SLOTS`` plus ``--cuda-memory-fraction F`` from the fit on a GPU (flags from
+``launcher/src/main.rs``; ``--max-input-tokens`` is given because its default,
+min(max_position_embeddings - 1, 4095), may exceed a small CTX, which TGI
+refuses).  ``/info`` names the model by its ``--model-id`` (the directory), so
+the manager renames that to the deployment's name.  Not run against a real TGI
+in swarmd's tests.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -38,6 +49,30 @@ class TgiEngine(OpenAICompatEngine):
     kind: ClassVar[str] = "tgi"
     max_tokens_field: ClassVar[str] = "max_tokens"  # ignores max_completion_tokens
     default_ports: ClassVar[tuple[int, ...]] = (3000, 8080)
+    launch_formats: ClassVar[tuple[str, ...]] = ("safetensors",)
+
+    @classmethod
+    def launch_available(cls) -> bool:
+        return shutil.which("text-generation-launcher") is not None
+
+    @classmethod
+    def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
+                       threads: int = 0, chat_format: str = "",
+                       memory_fraction: float = 0.0) -> list[str] | None:
+        exe = shutil.which("text-generation-launcher")
+        if exe is None:
+            return None
+        ctx = max(2, ctx)
+        argv = [exe, "--model-id", model_path, "--hostname", "127.0.0.1", "--port", "{port}",
+                "--max-total-tokens", str(ctx), "--max-input-tokens", str(ctx - 1),
+                "--max-concurrent-requests", str(max(1, slots))]
+        if memory_fraction > 0:
+            argv += ["--cuda-memory-fraction", f"{memory_fraction:.2f}"]
+        return argv
+
+    @classmethod
+    def launched_name(cls, model_path: str, model_id: str) -> str:
+        return model_path  # /info's model_id is --model-id as given
 
     def __init__(self, spec: EngineSpec) -> None:
         super().__init__(spec)

@@ -10,10 +10,18 @@ series per data-parallel engine): ``vllm:num_requests_running``,
 (0..1; called ``vllm:gpu_cache_usage_perc`` before v0.10, still read).
 Running and waiting are summed over the series, the KV fill is the highest.
 Default port: 8000.
+
+Launched by swarmd (safetensors directories; ``vllm`` on PATH):
+``vllm serve DIR --host 127.0.0.1 --port P --served-model-name NAME
+--max-model-len CTX --max-num-seqs SLOTS`` plus ``--gpu-memory-utilization F``
+when the fit gives a GPU fraction (vLLM takes F of the GPU's *total* memory
+whatever else runs there, so F is need + margin over total; flags from
+``vllm/engine/arg_utils.py``).  Not run against a real vLLM in swarmd's tests.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -27,6 +35,25 @@ from swarmd.engines.openai_compat import OpenAICompatEngine
 class VllmEngine(OpenAICompatEngine):
     kind: ClassVar[str] = "vllm"
     default_ports: ClassVar[tuple[int, ...]] = (8000,)
+    launch_formats: ClassVar[tuple[str, ...]] = ("safetensors",)
+
+    @classmethod
+    def launch_available(cls) -> bool:
+        return shutil.which("vllm") is not None
+
+    @classmethod
+    def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
+                       threads: int = 0, chat_format: str = "",
+                       memory_fraction: float = 0.0) -> list[str] | None:
+        exe = shutil.which("vllm")
+        if exe is None:
+            return None
+        argv = [exe, "serve", model_path, "--host", "127.0.0.1", "--port", "{port}",
+                "--served-model-name", model_id, "--max-model-len", str(ctx),
+                "--max-num-seqs", str(max(1, slots))]
+        if memory_fraction > 0:
+            argv += ["--gpu-memory-utilization", f"{memory_fraction:.2f}"]
+        return argv
 
     async def health(self, http: aiohttp.ClientSession) -> bool:
         return await self._health_endpoint(http, "/health")

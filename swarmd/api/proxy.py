@@ -7,7 +7,8 @@ Theory of operation
    ranges of the common fields, 400 before any engine sees a bad one),
    resolve the alias.
 2. Candidates: every engine that lists the model in the current snapshot
-   (404 ``model_not_found`` if none) and can serve the route (its
+   (if none, a model some node stores is started on demand and waited for,
+   ``Proxy.on_demand``; else 404 ``model_not_found``) and can serve the route (its
    capabilities; 400 if the model is served only by engines that cannot).
    The router orders them (:mod:`swarmd.core.routing`).
 3. Queue: when every candidate is at capacity the request waits in a FIFO
@@ -175,6 +176,10 @@ class Proxy:
         #: returns a ticket settled with the real usage when the exchange closes.
         self.admission: Callable[[Mapping[str, Any], ParsedRequest],
                                  Awaitable[Ticket | None]] | None = None
+        #: Starts a model the swarm stores but no engine serves
+        #: (:mod:`swarmd.engines.on_demand`): True once it is served, False if
+        #: nothing stores it (404); raises ApiError (503) if it cannot load.
+        self.on_demand: Callable[[str], Awaitable[bool]] | None = None
         self.queues: WaitQueues[Exchange] = WaitQueues(
             timeout=routing.queue_timeout, max_waiting=routing.queue_max,
             on_depth=self._queue_depth, on_wait=self._queue_wait)
@@ -260,8 +265,8 @@ class Proxy:
         if denied is not None:
             raise ApiError(403, denied, type="permission_error", param="model",
                            code="model_not_allowed")
-        snap = self.snapshot()
-        if not catalog.known_model(snap, p.model):
+        if not catalog.known_model(self.snapshot(), p.model) and (
+                self.on_demand is None or not await self.on_demand(p.model)):
             raise ApiError(
                 404, f"The model `{p.requested_model}` does not exist or no node serves it",
                 param="model", code="model_not_found")

@@ -6,13 +6,20 @@ Two replicated tables (:mod:`swarmd.core.replica`):
   by ``swarmctl run`` / ``swarmctl stop`` on any node (last writer wins by
   hybrid logical clock; a stop is a tombstone).  Value: source to fetch the
   files from, ``replicas`` (0 with ``everywhere``), ``gpu``, ``ctx``,
-  ``slots``, engine ``kind`` and ``chat_format``.
+  ``slots``, engine ``kind`` and ``chat_format``; ``keep_alive`` (seconds,
+  only on a deployment made on demand by a request) lets the node serving
+  it remove it after that long idle.
 * ``placements`` -- which nodes run each deployment, keyed by model name,
   written only by the coordinator (the lease holder) with its lease
   ``epoch``.  The table ranks entries by ``(epoch, stamp)``: a placement from
   a coordinator with an older epoch loses whatever its clock says, so nodes
   act only on the highest epoch they have seen, and a deposed coordinator's
-  late writes are refused by the merge itself.
+  late writes are refused by the merge itself.  Value: ``{"nodes": [node
+  id, ...], "epoch": n, "reason": str}`` (the one entry format; the
+  coordinator computes it with :func:`swarmd.core.placement.place` through
+  :mod:`swarmd.engines.placing` and writes what :func:`needs_write` says).
+  Each node picks the device on itself when it launches
+  (:mod:`swarmd.engines.launching`).
 
 Both values are read as untrusted input (:func:`parse_deployment`,
 :func:`parse_placement`); a malformed one is dropped on arrival.
@@ -27,7 +34,8 @@ from typing import Any, TypeVar
 from swarmd.core.replica import Entry, TableSpec
 
 __all__ = ["DEPLOY_TABLE", "PLACE_TABLE", "DeploymentSpec", "PlacementEntry",
-           "deployments_spec", "parse_deployment", "parse_placement", "placements_spec"]
+           "deployments_spec", "needs_write", "parse_deployment", "parse_placement",
+           "placements_spec"]
 
 T = TypeVar("T")
 
@@ -52,6 +60,9 @@ class DeploymentSpec:
     #: The model's shape for the fit formula (swarmd.core.fit.facts_to_dict),
     #: measured by the node that pulled it first; read with facts_from_dict.
     facts: Mapping[str, Any] | None = None
+    #: Seconds idle after which the node running it removes it; 0: it stays
+    #: (``swarmctl run``).  Set on deployments made on demand by a request.
+    keep_alive: float = 0.0
 
     def value(self) -> dict[str, Any]:
         v: dict[str, Any] = {"source": self.source, "replicas": self.replicas,
@@ -63,6 +74,8 @@ class DeploymentSpec:
             v["chat_format"] = self.chat_format
         if self.facts is not None:
             v["facts"] = dict(self.facts)
+        if self.keep_alive:
+            v["keep_alive"] = self.keep_alive
         return v
 
 
@@ -85,11 +98,13 @@ def parse_deployment(model: str, v: Mapping[str, Any]) -> DeploymentSpec | None:
         return None
     if not everywhere and replicas < 1:
         return None
-    facts = v.get("facts")
+    facts, keep = v.get("facts"), v.get("keep_alive", 0.0)
     if facts is not None and not isinstance(facts, Mapping):
         return None
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 <= keep <= 1e8:
+        return None
     return DeploymentSpec(model, source, replicas, everywhere, gpu, ctx, slots, kind, cf,
-                          float(created), facts)
+                          float(created), facts, float(keep))
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,21 @@ class PlacementEntry:
         if self.reason:
             v["reason"] = self.reason[:MAX_STR]
         return v
+
+
+def needs_write(old: PlacementEntry | None, new: PlacementEntry) -> bool:
+    """Whether a coordinator at ``new.epoch`` writes ``new`` over ``old``: an
+    entry it has not, one whose nodes differ, one that gained or lost its
+    reason, and any entry of an older epoch (so a deposed coordinator cannot
+    go on changing it: the table ranks by epoch first).  Never over a newer
+    epoch's entry (that write would lose anyway).  A reason whose text alone
+    changed is not a write: free memory in it moves with load, and the table
+    would churn every round while a model fits nowhere."""
+    if old is None:
+        return True
+    if old.epoch != new.epoch:
+        return old.epoch < new.epoch
+    return old.nodes != new.nodes or bool(old.reason) != bool(new.reason)
 
 
 def parse_placement(model: str, v: Mapping[str, Any]) -> PlacementEntry | None:

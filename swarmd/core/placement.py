@@ -41,15 +41,13 @@ prefer headroom everywhere.
 Everything is sorted by explicit keys (model name, node id, device id), so
 the same input gives the same output on any coordinator.
 
-The table (``placements``, one LWW entry per model, :func:`encode`):
-``{"nodes": [...], "devices": [...], "epoch": n, "reason": str}``, or for an
-``everywhere`` deployment ``{"every": true, "except": [...], "epoch": n}``
-(every node that can run it except those; a list of 1,000 node ids would not
-fit an entry).  :func:`decode_entry` reads one as untrusted input.  Every
-entry carries the lease epoch of the coordinator that wrote it; a node acts
-only on entries whose epoch is the highest it has seen (:func:`accept`), and
-a coordinator rewrites every entry of an older epoch (:func:`changes`), so
-after a coordinator change the newer epoch wins everywhere.
+The result goes into the ``placements`` table in the one entry format of
+:mod:`swarmd.core.deployments` (``{"nodes": [...], "epoch": n, "reason":
+str}``, ranked by epoch; :func:`~swarmd.core.deployments.needs_write` says
+which entries a coordinator rewrites), built by
+:func:`swarmd.engines.placing.compute`.  :attr:`Placement.devices` and
+:attr:`Placement.excluded` are not stored there: each node picks the device
+on itself when it launches (:mod:`swarmd.engines.launching`).
 """
 
 from __future__ import annotations
@@ -68,17 +66,8 @@ from swarmd.core.fit import (
     allowed,
     nothing_fits,
 )
-from swarmd.core.replica import TableSpec
 
-__all__ = ["PLACEMENTS_TABLE", "Deployment", "NodeView", "Placement", "TableEntry", "accept",
-           "changes", "current_from_table", "decode_entry", "encode", "encode_entry",
-           "eligible", "place", "placements_spec"]
-
-PLACEMENTS_TABLE = "placements"
-#: Bounds on a decoded entry (untrusted input).
-MAX_LIST = 4096
-MAX_ID = 256
-MAX_REASON = 1024
+__all__ = ["Deployment", "NodeView", "Placement", "eligible", "place"]
 
 
 @dataclass(frozen=True)
@@ -403,150 +392,3 @@ def place(deployments: Iterable[Deployment], nodes: Iterable[NodeView],
     return Placement(assignments=dict(sorted(assignments.items())),
                      unplaced=dict(sorted(unplaced.items())), epoch=epoch, devices=devices,
                      excluded=dict(sorted(excluded.items())))
-
-
-# ----------------------------------------------------------------------- the table
-
-
-def accept(current_epoch: int, incoming_epoch: int) -> bool:
-    """Whether a node acts on an entry of ``incoming_epoch`` having seen ``current_epoch``."""
-    return incoming_epoch >= current_epoch
-
-
-@dataclass(frozen=True)
-class TableEntry:
-    """One decoded ``placements`` entry."""
-
-    epoch: int
-    nodes: tuple[str, ...] = ()
-    #: Parallel to ``nodes``, or () when not given.
-    devices: tuple[str, ...] = ()
-    #: Everywhere: every node that can run it except ``excluded``.
-    every: bool = False
-    excluded: tuple[str, ...] = ()
-    reason: str = ""
-
-    def runs_on(self, node_id: str, can_run: bool = True) -> bool:
-        """Whether ``node_id`` should run the model (``can_run``: the node has a
-        device the model's engine runs on, for an everywhere entry)."""
-        if self.every:
-            return can_run and node_id not in self.excluded
-        return node_id in self.nodes
-
-    def device_on(self, node_id: str) -> str | None:
-        if node_id in self.nodes and len(self.devices) == len(self.nodes):
-            return self.devices[self.nodes.index(node_id)]
-        return None
-
-
-def encode_entry(p: Placement, model: str) -> dict[str, Any]:
-    v: dict[str, Any] = {"epoch": p.epoch}
-    if model in p.excluded:
-        v["every"] = True
-        v["except"] = list(p.excluded[model])
-    else:
-        v["nodes"] = list(p.assignments.get(model, ()))
-        if p.devices.get(model):
-            v["devices"] = list(p.devices[model])
-    if model in p.unplaced:
-        v["reason"] = p.unplaced[model][:MAX_REASON]
-    return v
-
-
-def encode(p: Placement) -> dict[str, dict[str, Any]]:
-    """The table entries (model -> value) of a placement."""
-    models = sorted({*p.assignments, *p.unplaced, *p.excluded})
-    return {m: encode_entry(p, m) for m in models}
-
-
-def _ids(v: Any) -> tuple[str, ...] | None:
-    if not isinstance(v, list) or len(v) > MAX_LIST:
-        return None
-    if not all(isinstance(s, str) and 0 < len(s) <= MAX_ID for s in v):
-        return None
-    return tuple(dict.fromkeys(v)) if len(set(v)) != len(v) else tuple(v)
-
-
-def decode_entry(raw: Any) -> TableEntry | None:
-    """A table value read as untrusted input; None if malformed."""
-    if not isinstance(raw, Mapping):
-        return None
-    epoch = raw.get("epoch")
-    if type(epoch) is not int or not 0 <= epoch < 1 << 63:
-        return None
-    reason = raw.get("reason", "")
-    if not isinstance(reason, str):
-        return None
-    every = raw.get("every", False)
-    if every is True:
-        ex = _ids(raw.get("except", []))
-        if ex is None:
-            return None
-        return TableEntry(epoch, every=True, excluded=ex, reason=reason[:MAX_REASON])
-    if every is not False:
-        return None
-    nodes = _ids(raw.get("nodes"))
-    devs = _ids(raw.get("devices", [])) if "devices" in raw else ()
-    if nodes is None:
-        return None
-    if devs is None or len(devs) != len(nodes):
-        devs = ()
-    return TableEntry(epoch, nodes=nodes, devices=devs, reason=reason[:MAX_REASON])
-
-
-def current_from_table(entries: Mapping[str, TableEntry], nodes: Iterable[NodeView],
-                       deployments: Iterable[Deployment], needs: Mapping[str, Need]
-                       ) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
-    """``(current, current_devices)`` for :func:`place` from decoded entries;
-    an everywhere entry resolves to the nodes that can run it, less its exceptions."""
-    deps = {d.model: d for d in deployments}
-    ns = sorted(nodes, key=lambda n: n.node_id)
-    cur: dict[str, tuple[str, ...]] = {}
-    cdev: dict[str, tuple[str, ...]] = {}
-    for model, e in entries.items():
-        if not e.every:
-            cur[model] = e.nodes
-            if e.devices:
-                cdev[model] = e.devices
-            continue
-        dep, need = deps.get(model), needs.get(model)
-        if dep is None or need is None:
-            continue
-        ex = set(e.excluded)
-        cur[model] = tuple(n.node_id for n in ns
-                           if n.node_id not in ex and eligible(n, need, dep.gpu))
-    return cur, cdev
-
-
-def _same(a: TableEntry, b: TableEntry) -> bool:
-    return (a.nodes, a.devices, a.every, set(a.excluded), bool(a.reason)) == \
-        (b.nodes, b.devices, b.every, set(b.excluded), bool(b.reason))
-
-
-def changes(table: Mapping[str, TableEntry], p: Placement) -> dict[str, dict[str, Any] | None]:
-    """The writes that bring the table to ``p``: entries that differ or carry
-    an older epoch, and None (a tombstone) for models no longer placed.
-    Entries of a *newer* epoch are left alone (a newer coordinator wrote
-    them).  A reason's text alone changing is not a write (free memory in it
-    moves with load; the table would churn)."""
-    out: dict[str, dict[str, Any] | None] = {}
-    new = encode(p)
-    for model, value in new.items():
-        old = table.get(model)
-        if old is not None and old.epoch > p.epoch:
-            continue
-        mine = decode_entry(value)
-        if old is None or old.epoch < p.epoch or mine is None or not _same(old, mine):
-            out[model] = value
-    for model, old in table.items():
-        if model not in new and old.epoch <= p.epoch:
-            out[model] = None
-    return dict(sorted(out.items()))
-
-
-def placements_spec() -> TableSpec:
-    """The placements table: LWW per model, entries checked on arrival.
-    32 KiB values: an entry lists at most ~550 node ids, far more than any
-    fixed replica count (everywhere entries list only their exceptions)."""
-    return TableSpec(PLACEMENTS_TABLE, kind="lww", max_entries=10_000, max_value_bytes=32_768,
-                     validate=lambda k, v: decode_entry(v) is not None)

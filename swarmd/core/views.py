@@ -148,7 +148,7 @@ def status_view(snap: Snapshot) -> StatusDoc:
     }
 
 
-def _names_stored(raw: Any) -> set[str]:
+def names_stored(raw: Any) -> set[str]:
     """Model names in a node's ``models`` inventory ([[digest, name, alias...]])."""
     out: set[str] = set()
     if isinstance(raw, list):
@@ -195,7 +195,7 @@ def models_view(snap: Snapshot) -> ModelsDoc:
                 })
         for model, depth in _queued(info.extra.get("queued")).items():
             row(model)["queued"] += depth
-        for model in _names_stored(info.extra.get("models")):
+        for model in names_stored(info.extra.get("models")):
             row(model)["stored_on"].append(n.node_id)
     for r in table.values():
         r["stored_on"].sort()

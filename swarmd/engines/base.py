@@ -190,13 +190,69 @@ class Engine(abc.ABC):
     def url_for(self, path: str) -> str:
         return self.root + path
 
+    # -- launched by swarmd (swarmd/engines/launching.py) -------------------------
+    #: Model formats (swarmd/models/manifest.py FORMATS) this kind can launch:
+    #: "gguf" (a file), "safetensors" or "mlx" (a directory).  Empty: swarmd
+    #: never launches this kind (start it by hand and configure it).
+    launch_formats: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def launch_available(cls) -> bool:
+        """Whether this machine can launch this kind now (its binary is on
+        PATH, its Python module importable).  Cheap: no process is started."""
+        return False
+
     @classmethod
     def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
-                       threads: int = 0, chat_format: str = "") -> list[str] | None:
+                       threads: int = 0, chat_format: str = "",
+                       memory_fraction: float = 0.0) -> list[str] | None:
         """The argv that starts an engine of this kind serving ``model_path``
         on 127.0.0.1, with ``{port}`` where the port goes (the supervisor
         fills it in), or None when this kind cannot be launched by swarmd
-        (the engine must then be started by hand and configured)."""
+        (the engine must then be started by hand and configured).
+
+        ``memory_fraction`` is the share of the chosen GPU's total memory the
+        fit formula gives the model (need + margin, swarmd/core/fit.py
+        :func:`~swarmd.core.fit.vllm_memory_utilization`); 0 when unknown or
+        not on a GPU.  Kinds that preallocate (vLLM, TGI) pass it on."""
+        return None
+
+    @classmethod
+    def launch_env(cls, *, ctx: int, slots: int) -> dict[str, str]:
+        """Environment for the launched process (``{port}`` is filled in as in argv)."""
+        return {}
+
+    @classmethod
+    def launched_name(cls, model_path: str, model_id: str) -> str:
+        """The id the launched engine lists the model under (the manager
+        renames it to ``model_id``); default: ``model_id`` itself."""
+        return model_id
+
+    @classmethod
+    def launched_capacity(cls, argv: list[str], slots: int) -> int:
+        """Concurrent requests the launched engine takes (its ``capacity``)."""
+        return max(1, slots)
+
+    @classmethod
+    async def running_server(cls, http: aiohttp.ClientSession) -> str | None:
+        """The URL of a server of this kind that already runs and can take the
+        model (Ollama's daemon), or None: swarmd launches one."""
+        return None
+
+    @classmethod
+    async def after_launch(cls, http: aiohttp.ClientSession, url: str, model_path: str, *,
+                           model_id: str, ctx: int, slots: int,
+                           sha256: str = "") -> None:
+        """Called once the server at ``url`` answers, before routing sees it:
+        import and load the model where the server does not load it from its
+        command line (Ollama).  ``sha256`` is the model file's digest from the
+        store's manifest (hex) when known.  Raises to fail the launch."""
+        return None
+
+    @classmethod
+    async def release(cls, http: aiohttp.ClientSession, url: str, name: str) -> None:
+        """Stop serving model ``name`` (the launched name) on a server that
+        :meth:`running_server` lent and that keeps running (Ollama: unload)."""
         return None
 
     def polls_disturb(self) -> bool:

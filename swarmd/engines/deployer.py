@@ -40,16 +40,20 @@ from swarmd.core.deployments import DEPLOY_TABLE, PLACE_TABLE, DeploymentSpec
 from swarmd.core.fit import facts_to_dict, need_bytes
 from swarmd.core.replica import Entry
 from swarmd.core.snapshot import Snapshot
-from swarmd.engines.base import EngineSpec
+from swarmd.engines.launching import Launcher, LaunchError, choose_kind, own_devices
 from swarmd.engines.manager import EngineManager
 from swarmd.engines.placing import compute
-from swarmd.engines.supervisor import LaunchSpec, Supervisor
+from swarmd.engines.supervisor import Supervisor
 from swarmd.models.facts import model_facts
 from swarmd.models.service import ModelService
 
 log = logging.getLogger("swarmd.deploy")
 
 Write = Callable[[str, str, Any], Awaitable[Entry]]
+#: What ``swarmctl run`` and an on-demand start use when not told: tokens
+#: of context per slot, and parallel slots.
+DEFAULT_CTX = 4096
+DEFAULT_SLOTS = 1
 #: Chat templates llama-cpp-python needs by model architecture.
 CHAT_FORMATS = {"gemma3": "gemma", "gemma2": "gemma", "gemma": "gemma"}
 
@@ -71,6 +75,7 @@ class Deployer:
         self.models = models
         self.engines = engines
         self.supervisor = supervisor
+        self.launcher = Launcher(supervisor, engines.http)
         self._publish = publish
         self.interval = interval
         self._wall = wall
@@ -85,8 +90,10 @@ class Deployer:
     # -- the front door (control API) ---------------------------------------------
 
     async def deploy(self, source: str, *, name: str | None, replicas: int, everywhere: bool,
-                     gpu: bool | None, ctx: int, slots: int) -> dict[str, Any]:
-        """Pull here, then write the deployment; returns it (as written)."""
+                     gpu: bool | None, ctx: int, slots: int,
+                     keep_alive: float = 0.0) -> dict[str, Any]:
+        """Pull here, then write the deployment; returns it (as written).
+        ``keep_alive`` > 0 (on demand): removed after that many seconds idle."""
         if not everywhere and replicas < 1:
             raise DeployError(400, "replicas must be >= 1 (or use everywhere)")
         stored = self.models.store.find(name or source)
@@ -96,16 +103,18 @@ class Deployer:
             except Exception as exc:  # noqa: BLE001 -- the pull says why
                 raise DeployError(400, f"cannot pull {source!r}: {exc}") from None
         man = stored.manifest
-        if man.format != "gguf":
-            raise DeployError(400, f"{man.name}: only GGUF models can be launched here "
-                                   f"(format {man.format}); start its engine by hand")
+        try:
+            kind, _ = choose_kind(man.format, self.engines.registry.loadable())
+        except LaunchError as exc:
+            raise DeployError(400, f"{man.name}: {exc}; start its engine by hand") from None
         src = man.source if stored.manifest.source else source
         arch = (man.architecture or "").lower()
         facts = await asyncio.to_thread(model_facts, man, stored.path)
         spec = DeploymentSpec(model=man.name, source=src, replicas=0 if everywhere else replicas,
                               everywhere=everywhere, gpu=gpu, ctx=ctx, slots=slots,
-                              kind="llamacpp", chat_format=CHAT_FORMATS.get(arch, ""),
-                              created=self._wall(), facts=facts_to_dict(facts))
+                              kind=kind, chat_format=CHAT_FORMATS.get(arch, ""),
+                              created=self._wall(), facts=facts_to_dict(facts),
+                              keep_alive=keep_alive)
         value = spec.value()
         await self._write(DEPLOY_TABLE, man.name, value)
         need = need_bytes(facts, engine_kind=spec.kind, ctx=ctx, slots=slots)
@@ -148,14 +157,27 @@ class Deployer:
         if coord is not None and coord[0] == self.node_id:
             await self._coordinate(snap, deployments, coord[1])
         self._reconcile(snap, deployments)
+        await self._expire(deployments)
         self._report()
+
+    async def _expire(self, deployments: Mapping[str, DeploymentSpec]) -> None:
+        """Remove on-demand deployments whose engine here sat idle for keep_alive."""
+        for model, d in deployments.items():
+            eid = self._engine_ids.get(model)
+            if not d.keep_alive or eid is None or self.local.get(model, {}).get("state") != "ready":
+                continue
+            idle = self.engines.idle_for(eid)
+            if idle is not None and idle >= d.keep_alive:
+                log.info("unloading %s: idle for %.0f s (keep_alive %g s)", model, idle,
+                         d.keep_alive)
+                await self._write(DEPLOY_TABLE, model, None)
 
     async def _coordinate(self, snap: Snapshot, deployments: Mapping[str, DeploymentSpec],
                           epoch: int) -> None:
         current = dep.placements_of(snap.tables.get(PLACE_TABLE, {}))
         for model, entry in compute(snap, deployments, current, epoch).items():
             old = current.get(model)
-            if old is None or old.nodes != entry.nodes or old.reason != entry.reason:
+            if dep.needs_write(old, entry):
                 await self._write(PLACE_TABLE, model, entry.value())
                 log.info("placed %s on %s (epoch %d)%s", model,
                          ",".join(n[-8:] for n in entry.nodes) or "no node", epoch,
@@ -182,25 +204,19 @@ class Deployer:
                 state.update(state="pulling", reason="")
                 self._report()
                 stored = await asyncio.to_thread(self.models.pull, d.source, name=model)
-            cls = self.engines.registry.get(d.kind)
-            argv = cls.launch_command(str(stored.main_file), model_id=model, ctx=d.ctx,
-                                      slots=d.slots, threads=self.threads,
-                                      chat_format=d.chat_format)
-            if argv is None:
-                raise RuntimeError(f"engine kind {d.kind!r} cannot be launched on this node")
             state.update(state="loading", reason="")
             self._report()
-            m = self.supervisor.start(LaunchSpec(eid, d.kind, model, tuple(argv),
-                                                 gpus=None if d.gpu else ()))
-            while m.state not in ("ready", "failed"):  # noqa: ASYNC110 -- polled state
-                await asyncio.sleep(0.2)
-            if m.state == "failed":
-                raise RuntimeError(m.reason)
+            main = stored.main_file
+            digest = next((f.sha256 for f in stored.manifest.files
+                           if stored.path / f.path == main), "")
+            m, spec = await self.launcher.start(
+                self.engines.registry.get(d.kind), d, eid, model_path=str(main), sha256=digest,
+                threads=self.threads, devices=own_devices(self._snapshot(), self.node_id))
             if eid not in self._engine_ids.values():
-                self._engine_ids[model] = self.engines.add(
-                    EngineSpec(kind=d.kind, url=m.url, id=eid, models=(model,), capacity=1))
+                self._engine_ids[model] = self.engines.add(spec)
             state.update(state="ready", reason="", port=m.port,
                          memory_bytes=sum(f.size for f in stored.manifest.files))
+            self._report()
             while True:  # watch: a crash-restart shows as loading, a give-up as failed
                 await asyncio.sleep(0.5)
                 if m.state == "failed":
@@ -219,7 +235,7 @@ class Deployer:
         eid = self._engine_ids.pop(model, None) or (st or {}).get("engine_id")
         if eid:
             self.engines.remove(eid)
-            await self.supervisor.stop(eid)
+            await self.launcher.stop(eid)
         self._report()
 
     def _report(self) -> None:

@@ -121,6 +121,7 @@ class _Slot:
     request_failures: int = 0  # failed requests in a row (note_result)
     caps: dict[str, tuple[str, ...]] = field(default_factory=dict)
     caps_for: tuple[str, ...] | None = None  # model ids the caps were learned for
+    last_used: float = field(default_factory=time.monotonic)  # our last request ended
 
     @property
     def spec(self) -> EngineSpec:
@@ -539,3 +540,12 @@ class EngineManager:
             yield
         finally:
             slot.inflight -= 1
+            slot.last_used = time.monotonic()
+
+    def idle_for(self, engine_id: str) -> float | None:
+        """Seconds since a request through swarmd last ended on the engine (0
+        while one is in flight; since it was added if none came); None if unknown."""
+        slot = self._slots.get(engine_id)
+        if slot is None:
+            return None
+        return 0.0 if slot.inflight else time.monotonic() - slot.last_used

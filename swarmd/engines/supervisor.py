@@ -7,7 +7,8 @@ A *managed* engine is a server process swarmd launched for one model file
 :class:`Supervisor` lives on the daemon's asyncio thread and keeps one
 :class:`Managed` per engine id:
 
-- **Start**: a free loopback port is allocated, GPU visibility set
+- **Start**: a free loopback port is allocated (``{port}`` in the argv and
+  in the added environment's values is replaced by it), GPU visibility set
   (``CUDA_VISIBLE_DEVICES`` / ``HIP_VISIBLE_DEVICES``: empty hides every GPU),
   and the process started in its own session (process group) with
   ``PR_SET_PDEATHSIG = SIGKILL`` on Linux, so it dies with swarmd even when
@@ -64,7 +65,7 @@ class LaunchSpec:
     kind: str
     model: str  # the model id it serves
     argv: tuple[str, ...]  # "{port}" is replaced by the allocated port
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)  # "{port}" replaced too
     #: GPU indices to expose; None: leave the environment as is; (): no GPU.
     gpus: tuple[int, ...] | None = None
     gpu_vendor: str = "nvidia"  # nvidia -> CUDA_VISIBLE_DEVICES, amd -> HIP_VISIBLE_DEVICES
@@ -234,9 +235,9 @@ class Supervisor:
             except Exception:
                 log.exception("supervisor on_change failed")
 
-    def _env(self, spec: LaunchSpec) -> dict[str, str]:
+    def _env(self, spec: LaunchSpec, port: int) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(spec.env)
+        env.update({k: v.replace("{port}", str(port)) for k, v in spec.env.items()})
         if spec.gpus is not None:
             var = "HIP_VISIBLE_DEVICES" if spec.gpu_vendor == "amd" else "CUDA_VISIBLE_DEVICES"
             env[var] = ",".join(str(g) for g in spec.gpus)
@@ -256,7 +257,7 @@ class Supervisor:
             out.write(f"\n==== swarmd: starting {' '.join(argv)}\n".encode())
             out.flush()
             m.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                      stderr=subprocess.STDOUT, env=self._env(m.spec),
+                                      stderr=subprocess.STDOUT, env=self._env(m.spec, m.port),
                                       preexec_fn=_pdeathsig)  # noqa: PLW1509
         m.pid = m.proc.pid
         pidfile = self.dir / f"{m.spec.engine_id}.pid"

@@ -25,6 +25,7 @@ import aiohttp
 
 from swarmd.api.accounting import Accounting
 from swarmd.api.app import ApiDeps, ApiServer
+from swarmd.api.errors import ApiError
 from swarmd.api.key_service import BudgetService, KeyService
 from swarmd.api.ollama_api import OllamaServer
 from swarmd.api.tls import server_context
@@ -35,6 +36,7 @@ from swarmd.core.snapshot import Snapshot
 from swarmd.core.views import ModelsDoc, StatusDoc, models_view, status_view
 from swarmd.engines.deployer import Deployer
 from swarmd.engines.manager import EngineManager
+from swarmd.engines.on_demand import LoadFailed, OnDemand
 from swarmd.identity import Identity
 from swarmd.join_token import encode_join_token
 from swarmd.metrics import SwarmCollector, new_registry
@@ -245,6 +247,11 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
                                         engines=engines, session=session)
         cleanups.append(deployer.stop)
         provider.deployer = deployer  # /v1/deployments, /v1/ps
+        if cfg.models.on_demand:
+            od = OnDemand(deployer, ports.snapshot, load_timeout=cfg.models.load_timeout,
+                          keep_alive=cfg.models.keep_alive)
+            proxy.on_demand = on_demand_hook(od)
+            collector.counters["on_demand_"] = lambda: dict(od.stats)
         provider.accounting = ku.accounting  # /v1/usage
         control = await start_control_server(cfg.control.socket, provider, registry)
         cleanups.append(control.stop)
@@ -258,3 +265,15 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
                 log.exception("cleanup after failed start")
         raise
     return started
+
+
+def on_demand_hook(od: OnDemand) -> Callable[[str], Awaitable[bool]]:
+    """The proxy's on-demand hook: a load failure becomes an API error."""
+
+    async def hook(model: str) -> bool:
+        try:
+            return await od.ensure(model)
+        except LoadFailed as exc:
+            raise ApiError(exc.status, str(exc), code=exc.code, retry_after=5.0) from None
+
+    return hook

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from swarmd.control.client import ControlClient
 from swarmd.testing.daemon import Daemon, pid_alive, wait_for
 from swarmd.testing.hub_servers import ServerThread, file_server
 from swarmd.testing.llama_server import llama_available
@@ -36,9 +37,11 @@ class Swarm:
         model = write_tiny_gguf(root / "tiny.gguf")
         self.files: ServerThread = file_server({"/tiny.gguf": model}).__enter__()
         self.source = self.files.url + "/tiny.gguf"
-        self.nodes = [Daemon(root, "d1", secret=SECRET).start()]
+        # On-demand models (the last tests) unload after 5 s idle.
+        models = "[models]\nkeep_alive = 5.0\n"
+        self.nodes = [Daemon(root, "d1", secret=SECRET, extra_toml=models).start()]
         for i in (2, 3):
-            self.nodes.append(Daemon(root, f"d{i}", secret=SECRET,
+            self.nodes.append(Daemon(root, f"d{i}", secret=SECRET, extra_toml=models,
                                      seeds=[self.nodes[0].seed]).start())
 
     def by_id(self) -> dict[str, Daemon]:
@@ -68,8 +71,8 @@ def _ready(d: Daemon) -> dict[str, dict[str, Any]]:
     return {r["node_id"]: r for r in _ps(d) if r["model"] == MODEL and r["state"] == "ready"}
 
 
-def _chat(d: Daemon) -> int:
-    body = json.dumps({"model": MODEL, "max_tokens": 4,
+def _chat(d: Daemon, model: str = MODEL) -> int:
+    body = json.dumps({"model": model, "max_tokens": 4,
                        "messages": [{"role": "user", "content": "hello"}]}).encode()
     req = urllib.request.Request(d.api_url + "/v1/chat/completions", data=body,
                                  headers={"Content-Type": "application/json"})
@@ -144,3 +147,25 @@ def test_a_model_that_fits_nowhere_fails_at_once(swarm: Swarm) -> None:
                            timeout=120)
     assert r.returncode == 1
     assert "needs" in r.stderr and "largest free" in r.stderr
+    rows = ControlClient(swarm.nodes[0].socket).get("/v1/deployments")["deployments"]
+    assert "huge" not in [d["model"] for d in rows]  # a failed run leaves nothing behind
+
+
+def test_a_stored_model_starts_on_demand_and_unloads_when_idle(swarm: Swarm) -> None:
+    """After ``stop`` the files stay in the stores: a request for the model
+    starts it (one deployment for three concurrent requests), and 5 s idle
+    ([models] keep_alive) unloads it everywhere again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    d3 = swarm.nodes[2]
+    assert not _ps(d3)
+    with ThreadPoolExecutor(3) as pool:
+        codes = list(pool.map(lambda d: _chat(d), [d3, d3, swarm.nodes[1]]))
+    assert codes == [200, 200, 200]
+    rows = ControlClient(d3.socket).get("/v1/deployments")["deployments"]
+    assert [r["model"] for r in rows] == [MODEL] and rows[0]["keep_alive"] == 5.0
+    wait_for(lambda: len(_ready(d3)) == 1, 10, what="ready in ps")  # gossip of `managed`
+    assert _chat(swarm.nodes[0]) == 200
+    wait_for(lambda: not _ps(d3) and not any(_engine_pids(d) for d in swarm.nodes), 60,
+             what="idle on-demand model unloaded")
+    assert _chat(d3, "no-such-model") == 404  # nothing stores it: no wait, 404

@@ -8,20 +8,17 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from swarmd.core.fit import Device, GiB, ModelFacts, Need, fmt_bytes, need_bytes
-from swarmd.core.placement import (
-    Deployment,
-    NodeView,
-    Placement,
-    TableEntry,
-    accept,
-    changes,
-    current_from_table,
-    decode_entry,
-    encode,
-    place,
+from swarmd.core.deployments import (
+    PlacementEntry,
+    needs_write,
+    parse_placement,
+    placements_of,
     placements_spec,
 )
+from swarmd.core.fit import Device, GiB, ModelFacts, Need, fmt_bytes, need_bytes
+from swarmd.core.hlc import Stamp
+from swarmd.core.placement import Deployment, NodeView, Placement, place
+from swarmd.core.replica import Entry, Table
 from swarmd.testing.placement_swarm import swarm
 
 # ----------------------------------------------------------------------- a simulated swarm
@@ -270,7 +267,7 @@ def test_keep_rules() -> None:
     assert "unknown" in p.unplaced["u"]
 
 
-def test_everywhere_and_its_table_form() -> None:
+def test_everywhere() -> None:
     nodes = [_node("a", 24), _node("b", 8), _node("c", ram=2), _node("d", ram=64)]
     needs = {"e": _n(6 * GiB)}
     dep = Deployment("e", replicas=0, gpu=True)
@@ -281,110 +278,110 @@ def test_everywhere_and_its_table_form() -> None:
     q = place([dep], small, {}, needs, 7)
     assert q.assignments == {"e": ("a",)} and q.excluded == {"e": ("b",)}
     assert q.unplaced["e"].startswith("runs on 1 of 2 nodes")
-    value = encode(q)["e"]
-    assert value["every"] is True and value["except"] == ["b"] and "nodes" not in value
-    entry = decode_entry(value)
-    assert entry is not None and entry.runs_on("a") and not entry.runs_on("b")
-    assert not entry.runs_on("z", can_run=False)
-    # a node that joins is part of it from the table's point of view
+    # a node that joins gets it on the next round, the others keep theirs
     joined = [*small, _node("c", 24)]
-    cur, _ = current_from_table({"e": entry}, joined, [dep], needs)
-    assert cur == {"e": ("a", "c")}
-    r = place([dep], joined, cur, needs, 8)
+    r = place([dep], joined, q.assignments, needs, 8)
     assert r.assignments == {"e": ("a", "c")} and r.excluded == {"e": ("b",)}
 
 
 # ----------------------------------------------------------------------- table and epochs
+# The placements table's one entry format is swarmd.core.deployments' (the
+# daemon's): a placement becomes entries as swarmd.engines.placing.compute does.
+
+
+def entries(p: Placement, models: list[str]) -> dict[str, PlacementEntry]:
+    return {m: PlacementEntry(m, tuple(p.assignments.get(m, ())), p.epoch,
+                              p.unplaced.get(m, "")) for m in models}
+
+
+def writes(table: Mapping[str, PlacementEntry], p: Placement, models: list[str]
+           ) -> dict[str, PlacementEntry]:
+    return {m: e for m, e in entries(p, models).items() if needs_write(table.get(m), e)}
 
 
 def test_epochs() -> None:
-    assert accept(5, 6) and accept(5, 5) and not accept(5, 4)
     p = place([Deployment("m")], [_node("a", 24)], {}, {"m": _n(GiB)}, 4)
-    newer = {"m": TableEntry(5, nodes=("b",))}
-    assert changes(newer, p) == {}  # never overwrite a newer coordinator
-    older = {"m": TableEntry(3, nodes=("a",), devices=("gpu0",)), "x": TableEntry(3)}
-    assert changes(older, p) == {"m": encode(p)["m"], "x": None}  # old epoch: rewritten
-    same = {"m": decode_entry(encode(p)["m"])}
-    assert changes(same, p) == {}  # type: ignore[arg-type]
+    mine = entries(p, ["m"])["m"]
+    assert needs_write(None, mine)
+    assert not needs_write(PlacementEntry("m", ("b",), 5), mine)  # never over a newer one
+    assert needs_write(PlacementEntry("m", ("a",), 3), mine)  # old epoch: rewritten
+    assert not needs_write(mine, mine)
+    assert needs_write(PlacementEntry("m", ("b",), 4), mine)
 
 
 def test_reason_text_alone_is_not_a_write() -> None:
     nodes = [_node("a", 8)]
     needs = {"m": _n(20 * GiB)}
     p = place([Deployment("m")], nodes, {}, needs, 1)
-    table = {"m": decode_entry(encode(p)["m"])}
+    table = entries(p, ["m"])
     nodes2 = [replace(nodes[0], devices=tuple(replace(d, free_bytes=d.free_bytes // 2)
                                                for d in nodes[0].devices))]
     q = place([Deployment("m")], nodes2, {}, needs, 1)
     assert q.unplaced["m"] != p.unplaced["m"]
-    assert changes(table, q) == {}  # type: ignore[arg-type]
+    assert writes(table, q, ["m"]) == {}
+    assert writes({"m": PlacementEntry("m", (), 1)}, q, ["m"])  # a reason appears: written
 
 
-def _merge(table: dict[str, Any], writes: Mapping[str, Any], rng: random.Random,
-           keep_old: float) -> None:
-    """LWW under a random interleaving: each write lands or loses to the other."""
-    for model, value in writes.items():
-        if model in table and rng.random() < keep_old:
-            continue
-        if value is None:
-            table.pop(model, None)
-        else:
-            table[model] = value
+def _apply(t: Table, ws: Mapping[str, PlacementEntry], wall: int, node: str,
+           order: random.Random) -> None:
+    items = list(ws.items())
+    order.shuffle(items)
+    for i, (model, e) in enumerate(items):
+        t.merge(Entry(model, Stamp(wall + i, 0, node), e.value()))
+
+
+def _read(t: Table) -> dict[str, PlacementEntry]:
+    return placements_of({e.key: e for e in t.entries()})
 
 
 def test_coordinator_change_mid_placement_converges() -> None:
     deps, needs, nodes = swarm(seed=8)
+    models = sorted(d.model for d in deps)
     rng = random.Random(11)
     # A (epoch 5) does not see 10 nodes and has older load figures; B (epoch 6) sees all.
     view_a = _vary_load([n for n in nodes if rng.random() > 0.1], rng)
     view_b = nodes
-    table: dict[str, Any] = {}
+    t = Table(placements_spec())
     pa = place(deps, view_a, {}, needs, 5)
-    _merge(table, changes({}, pa), rng, 0.0)
-    partial = dict(rng.sample(sorted(table.items()), len(table) // 2))
+    wa = writes({}, pa, models)
+    half = dict(rng.sample(sorted(wa.items()), len(wa) // 2))
+    _apply(t, half, 100, "A", rng)
     # B starts from a table where only half of A's writes have arrived
-    dec = {m: e for m, v in partial.items() if (e := decode_entry(v)) is not None}
-    cur, cdev = current_from_table(dec, view_b, deps, needs)
-    pb = place(deps, view_b, cur, needs, 6, current_devices=cdev)
-    # A's remaining writes race B's: some of A's win by their stamps
-    _merge(table, changes({}, pb), rng, 0.5)
-    _merge(table, encode(pa), rng, 0.5)
+    cur = {m: e.nodes for m, e in _read(t).items()}
+    pb = place(deps, view_b, cur, needs, 6)
+    first = writes(_read(t), pb, models)
+    assert len(first) == len(models)  # A's entries are of an older epoch: all rewritten
+    _apply(t, first, 200, "B", rng)
+    # A's remaining writes arrive later, stamped later by the clock: they lose
+    _apply(t, {m: e for m, e in wa.items() if m not in half}, 900, "A", rng)
+    assert {e.epoch for e in _read(t).values()} == {6}
     counts = []
-    for _ in range(3):
-        dec = {m: e for m, v in table.items() if (e := decode_entry(v)) is not None}
-        cur, cdev = current_from_table(dec, view_b, deps, needs)
-        pb = place(deps, view_b, cur, needs, 6, current_devices=cdev)
-        writes = changes(dec, pb)
-        counts.append(len(writes))
-        _merge(table, writes, rng, 0.0)
-    assert counts[0] > 5 and counts[1:] == [0, 0]  # A's stale entries rewritten once
-    dec = {m: e for m, v in table.items() if (e := decode_entry(v)) is not None}
-    assert changes(dec, pb) == {}  # a fixed point
-    assert {e.epoch for e in dec.values()} == {6}
-    cur, cdev = current_from_table(dec, view_b, deps, needs)
-    assert place(deps, view_b, cur, needs, 6, current_devices=cdev) == pb
+    for wall in (300, 400, 500):
+        table = _read(t)
+        pb = place(deps, view_b, {m: e.nodes for m, e in table.items()}, needs, 6)
+        ws = writes(table, pb, models)
+        counts.append(len(ws))
+        _apply(t, ws, wall, "B", rng)
+    assert counts == [0, 0, 0]  # a fixed point from B's first round
+    table = _read(t)
+    assert {e.epoch for e in table.values()} == {6}
+    assert place(deps, view_b, {m: e.nodes for m, e in table.items()}, needs, 6) == pb
     check(pb, deps, needs, view_b, fresh=False)
 
 
-def test_decode_entry_is_defensive() -> None:
-    assert decode_entry({"epoch": 3, "nodes": ["a", "b"], "devices": ["gpu0", "cpu"],
-                         "reason": "r"}) == TableEntry(3, ("a", "b"), ("gpu0", "cpu"),
-                                                       reason="r")
-    assert decode_entry({"epoch": 3, "nodes": ["a"], "devices": ["x", "y"]}) == \
-        TableEntry(3, ("a",))
-    assert decode_entry({"epoch": 3, "nodes": ["a", "a"]}) == TableEntry(3, ("a",))
-    bads: list[Any] = [None, [], {"epoch": -1, "nodes": []}, {"epoch": True, "nodes": []},
+def test_placement_entries_are_read_defensively() -> None:
+    assert parse_placement("m", {"epoch": 3, "nodes": ["a", "b"], "reason": "r"}) == \
+        PlacementEntry("m", ("a", "b"), 3, "r")
+    bads: list[Any] = [{"epoch": -1, "nodes": []}, {"epoch": True, "nodes": []},
         {"epoch": 1}, {"epoch": 1, "nodes": [1]}, {"epoch": 1, "nodes": ["x" * 300]},
-        {"epoch": 1, "nodes": ["a"] * 5000}, {"epoch": 1, "nodes": [], "reason": 3},
-        {"epoch": 1, "every": 1}, {"epoch": 1, "every": True, "except": "a"}]
+        {"epoch": 1, "nodes": ["a"] * 5000}, {"epoch": 1, "nodes": [], "reason": 3}]
     for bad in bads:
-        assert decode_entry(bad) is None, bad
+        assert parse_placement("m", bad) is None, bad
     spec = placements_spec()
     assert spec.validate is not None and spec.validate("m", {"epoch": 0, "nodes": []})
     assert not spec.validate("m", {"nodes": []})
     rng = random.Random(2)
     junk: list[Any] = [None, 1, "a", [], {}, ["a"], [1], True, 2.5, {"a": 1}]
     for _ in range(2000):
-        raw = {k: rng.choice(junk) for k in rng.sample(["epoch", "nodes", "devices", "every",
-                                                        "except", "reason"], 3)}
-        decode_entry(raw)
+        raw = {k: rng.choice(junk) for k in rng.sample(["epoch", "nodes", "reason", "x"], 3)}
+        parse_placement("m", raw)
