@@ -63,9 +63,11 @@ def register(app: web.Application, deployer: Callable[[], Deployer | None],
                 return _error(400, f"{k!r} must be a positive integer")
             args[k] = v
         everywhere, gpu, name = body.get("everywhere", False), body.get("gpu"), body.get("name")
+        kind = body.get("kind", "")
         if not isinstance(everywhere, bool) or gpu not in (None, True, False) or (
-                name is not None and not isinstance(name, str)):
-            return _error(400, "everywhere and gpu are booleans, name a string")
+                name is not None and not isinstance(name, str)) or not isinstance(kind, str):
+            return _error(400, "everywhere and gpu are booleans, name and kind strings")
+        args["kind"] = kind
         try:
             doc = await need().deploy(body["source"], name=name, everywhere=everywhere, gpu=gpu,
                                       **args)

@@ -1,4 +1,4 @@
-"""``swarmctl run MODEL [--replicas N | --everywhere] [--gpu] [--ctx N] [--slots N]``.
+"""``swarmctl run MODEL [--replicas N | --everywhere] [--gpu] [--ctx N] [--slots N] [--engine KIND]``.
 
 Pulls MODEL into this node's store (a source -- ``hf:ORG/REPO[:FILE]``, a URL,
 a path -- or a name the store holds), writes the deployment, and waits until
@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", help="only on a GPU")
     p.add_argument("--ctx", type=int, default=4096, help="context length, tokens (default 4096)")
     p.add_argument("--slots", type=int, default=1, help="parallel requests per engine")
+    p.add_argument("--engine", default="", metavar="KIND",
+                   help="engine kind to launch (llamacpp, ollama, vllm, tgi, mlx; default: "
+                        "the first installed one for the model's format)")
     p.add_argument("--wait", type=float, default=900.0, help="seconds to wait until served")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="open a chat prompt once served (default: on a terminal when no "
@@ -42,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 #: Options whose default keeps the chat prompt on (any other value: a deployment run).
 _DEFAULTS = {"name": None, "replicas": 1, "everywhere": False, "gpu": False, "ctx": 4096,
-             "slots": 1, "wait": 900.0}
+             "slots": 1, "wait": 900.0, "engine": ""}
 
 
 def wants_chat(args: argparse.Namespace, tty: bool | None = None) -> bool:
@@ -78,6 +81,8 @@ def deploy(client: ControlClient, args: argparse.Namespace) -> tuple[int, str]:
         body["gpu"] = True
     if args.name:
         body["name"] = args.name
+    if args.engine:
+        body["kind"] = args.engine
     if not args.json:
         print(f"pulling {args.model} ...", flush=True)
     doc = slow.post("/v1/deployments", body)

@@ -91,9 +91,10 @@ class Deployer:
 
     async def deploy(self, source: str, *, name: str | None, replicas: int, everywhere: bool,
                      gpu: bool | None, ctx: int, slots: int,
-                     keep_alive: float = 0.0) -> dict[str, Any]:
+                     keep_alive: float = 0.0, kind: str = "") -> dict[str, Any]:
         """Pull here, then write the deployment; returns it (as written).
-        ``keep_alive`` > 0 (on demand): removed after that many seconds idle."""
+        ``keep_alive`` > 0 (on demand): removed after that many seconds idle.
+        ``kind``: the engine kind to launch (default: by the model's format)."""
         if not everywhere and replicas < 1:
             raise DeployError(400, "replicas must be >= 1 (or use everywhere)")
         stored = self.models.store.find(name or source)
@@ -103,10 +104,18 @@ class Deployer:
             except Exception as exc:  # noqa: BLE001 -- the pull says why
                 raise DeployError(400, f"cannot pull {source!r}: {exc}") from None
         man = stored.manifest
-        try:
-            kind, _ = choose_kind(man.format, self.engines.registry.loadable())
-        except LaunchError as exc:
-            raise DeployError(400, f"{man.name}: {exc}; start its engine by hand") from None
+        classes = self.engines.registry.loadable()
+        if kind:
+            cls = next((c for c in classes if c.kind == kind), None)
+            if cls is None or man.format not in cls.launch_formats:
+                able = sorted(c.kind for c in classes if man.format in c.launch_formats)
+                raise DeployError(400, f"{man.name}: engine kind {kind!r} cannot launch "
+                                       f"{man.format} models (can: {', '.join(able) or 'none'})")
+        else:
+            try:
+                kind, _ = choose_kind(man.format, classes)
+            except LaunchError as exc:
+                raise DeployError(400, f"{man.name}: {exc}; start its engine by hand") from None
         src = man.source if stored.manifest.source else source
         arch = (man.architecture or "").lower()
         facts = await asyncio.to_thread(model_facts, man, stored.path)

@@ -267,6 +267,14 @@ def test_swarmctl_run_places_a_safetensors_model_on_vllm_on_the_gpu(
         r = d.ctl("stop", "tiny-st")
         assert r.returncode == 0, r.stderr
         wait_for(lambda: not pid_alive(int(rec["pid"])), 30, what="vllm stand-in stopped")
+        # --engine chooses the kind; one that cannot launch the format is refused
+        r = d.ctl("run", "tiny-st", "--engine", "llamacpp", "--no-chat", timeout=60)
+        assert r.returncode != 0 and "cannot launch safetensors" in r.stderr, r.stderr
+        r = d.ctl("run", "tiny-st", "--engine", "tgi", "--ctx", "1024", "--gpu", "--no-chat",
+                  timeout=240)
+        assert r.returncode == 0, r.stdout + r.stderr + d.log()
+        [tgi] = fake_engine.records(fakes, "text-generation-launcher")
+        assert tgi["argv"][tgi["argv"].index("--max-total-tokens") + 1] == "1024"
     finally:
         d.kill()
 
