@@ -3,10 +3,12 @@
 One zero-delay simulated engine (``swarmd-simengine --ttft-ms 0 --tps 0``,
 4 tokens per answer) behind one real ``swarmd`` daemon whose ``[[engines]]``
 is that engine; the client (aiohttp, keep-alive, concurrency 1) runs here.
-Each round sends ``--n`` requests on every route, routes interleaved round
-by round so drift on a shared machine hits them alike; the table gives each
-route's p50 and p99 over all rounds and its p50 minus the plain chat route's
-p50 of the same mode (non-streamed or streamed).  Target: <= 0.3 ms added.
+Each round sends ``--n`` requests on every route, routes interleaved in
+blocks of ``--block`` requests so drift on a shared machine hits them alike
+(a block of a route takes milliseconds, not the second a whole round of it
+would); the table gives each route's p50 and p99 over all rounds and its p50
+minus the plain chat route's p50 of the same mode (non-streamed or
+streamed).  Target: <= 0.3 ms added.
 
 Routes: OpenAI ``/v1/chat/completions`` (the baseline), Ollama ``/api/chat``
 and ``/api/generate``, Responses ``/v1/responses`` (``store: false``, so
@@ -18,7 +20,7 @@ request mapping plus the answer mapping of one non-streamed request, and
 the stream translator over one 4-token SSE answer, in microseconds -- the
 part of the added latency that is swarmd's own code, free of network noise.
 
-Run: PYTHONPATH=. .venv/bin/python bench/client_apis.py [--n 300] [--rounds 5]
+Run: PYTHONPATH=. .venv/bin/python bench/client_apis.py [--n 300] [--rounds 5] [--block 10]
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def p(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-async def measure(base: str, n: int, rounds: int) -> dict[tuple[str, bool], list[float]]:
+async def measure(base: str, n: int, rounds: int,
+                  block: int = 10) -> dict[tuple[str, bool], list[float]]:
     res: dict[tuple[str, bool], list[float]] = {}
     async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=1, keepalive_timeout=60)) as http:
@@ -87,8 +90,10 @@ async def measure(base: str, n: int, rounds: int) -> dict[tuple[str, bool], list
         for _name, _stream, url, raw in cases:  # warm-up: connections, code paths
             await timed(http, url, raw, 20)
         for r in range(rounds):
-            for name, stream, url, raw in cases:
-                res.setdefault((name, stream), []).extend(await timed(http, url, raw, n))
+            for start in range(0, n, block):
+                k = min(block, n - start)
+                for name, stream, url, raw in cases:
+                    res.setdefault((name, stream), []).extend(await timed(http, url, raw, k))
             print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     return res
 
@@ -170,6 +175,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=300, help="requests per route per round")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--block", type=int, default=10,
+                    help="requests per route before the next route's turn")
     args = ap.parse_args()
     die_on_sigterm()
     from swarmd.testing.daemon import Daemon
@@ -182,9 +189,9 @@ def main() -> None:
         procs.on_close(lambda: d.kill() if d.alive() else None)
         d.start()
         wait_until(lambda: chat_ok(d.api_url, MODEL), 30, "swarmd", d.proc)
-        res = asyncio.run(measure(d.api_url, args.n, args.rounds))
+        res = asyncio.run(measure(d.api_url, args.n, args.rounds, max(1, args.block)))
     print(f"c=1, zero-delay simulated engine, 4 tokens, {args.rounds} x {args.n} requests "
-          "per route, one run")
+          f"per route in blocks of {max(1, args.block)}, one run")
     print(table(res))
     print()
     print(translator_costs())

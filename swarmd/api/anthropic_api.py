@@ -91,7 +91,8 @@ class AnthropicHandlers:
                 return await relay_stream(
                     request, ex, rid, "text/event-stream", stream.start(),
                     StreamTranslator(feed=stream.feed, finish=stream.finish,
-                                     fail=lambda m: stream.fail(m, 502)))
+                                     fail=lambda m: stream.fail(m, 502),
+                                     ended=lambda: stream.ended))
             raw, _ = await read_all(ex)
             ans = answer_of(answer_json(ex, raw))
             if count_only:

@@ -149,18 +149,28 @@ def routed_headers(ex: ExchangeLike, rid: str) -> dict[str, str]:
 
 @dataclass
 class StreamTranslator:
-    """The three calls a stream relay makes on a translator, bound to it."""
+    """The calls a stream relay makes on a translator, bound to it."""
 
     feed: Callable[[bytes], bytes]
     finish: Callable[[], bytes]
     fail: Callable[[str], bytes]
+    #: Whether the translator has written its stream's last event (the
+    #: engine's ``[DONE]``, or an error in the stream): the relay then books
+    #: the request before that event goes out.
+    ended: Callable[[], bool] = lambda: False
 
 
 async def relay_stream(request: web.Request, ex: ExchangeLike, rid: str, content_type: str,
                        head: bytes, tr: StreamTranslator) -> web.StreamResponse:
     """Write ``head`` then each translated chunk of ``ex`` as it comes.  A break
     after the start is reported in the stream (``tr.fail``), then the
-    connection is closed."""
+    connection is closed.
+
+    The request is booked (``ex.aclose()``: usage record, limits) before the
+    client can see the stream end: once the translator has its last event,
+    the engine's body is read to its end and the exchange closed, then that
+    event goes out with the end of the body in one write (with ``head`` and
+    whatever came before it, when the engine's answer came at once)."""
     resp = web.StreamResponse(status=200, headers={"Content-Type": content_type,
                                                    "Cache-Control": "no-cache",
                                                    **routed_headers(ex, rid)})
@@ -168,8 +178,13 @@ async def relay_stream(request: web.Request, ex: ExchangeLike, rid: str, content
     pending = head  # sent with the first translated bytes: one write, not two
     try:
         while chunk := await ex.read():
-            if out := pending + tr.feed(chunk):
-                await resp.write(out)
+            pending += tr.feed(chunk)
+            if tr.ended():
+                while await ex.read():  # the rest of the body (nothing after [DONE])
+                    pass
+                break
+            if pending:
+                await resp.write(pending)
                 pending = b""
     except UpstreamError as exc:
         try:
@@ -181,9 +196,7 @@ async def relay_stream(request: web.Request, ex: ExchangeLike, rid: str, content
         return resp
     tail = pending + tr.finish()
     await ex.aclose()  # book it (usage, limits) before the client sees the end
-    if tail:
-        await resp.write(tail)
-    await resp.write_eof()
+    await resp.write_eof(tail)
     return resp
 
 

@@ -260,7 +260,7 @@ class OllamaHandlers:
                     request, ex, rid, "application/x-ndjson", b"",
                     StreamTranslator(feed=lambda d: stream.feed(d, *clock()),
                                      finish=lambda: stream.finish(*clock()),
-                                     fail=stream.fail))
+                                     fail=stream.fail, ended=lambda: stream.ended))
             raw, first = await read_all(ex)
             ans = answer_of(answer_json(ex, raw))
             now, wall = clock()

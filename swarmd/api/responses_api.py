@@ -262,7 +262,8 @@ class ResponsesHandlers:
                 return await relay_stream(request, ex, rid, "text/event-stream",
                                           stream.start(),
                                           StreamTranslator(feed=feed, finish=finish,
-                                                           fail=stream.fail))
+                                                           fail=stream.fail,
+                                                           ended=lambda: stream.ended))
             raw, _ = await read_all(ex)
             doc = tr.response_object(answer_of(answer_json(ex, raw)), body, resp_id, asked,
                                      created)

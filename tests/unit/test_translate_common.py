@@ -21,6 +21,8 @@ from swarmd.api.translate.common import (
     Usage,
     answer_of,
     args_object,
+    dumps,
+    encode_str,
     image_data_url,
     require_object,
 )
@@ -35,6 +37,34 @@ def test_sse_reader_handles_crlf_comments_multiline_and_utf8_cuts() -> None:
         for i in range(0, len(raw), size):
             out += r.feed(raw[i:i + size])
         assert out == [{"a": "é✓"}] and r.done, size
+
+
+def test_sse_reader_blank_line_runs_whitespace_and_bytes_that_are_not_utf8() -> None:
+    r = SseReader()
+    # Runs of newlines cut where the first blank line is; odd ones leave a newline.
+    assert r.feed(b'data: {"a":1}\n\n\ndata:  {"b":2} \n\n\n\n') == [{"a": 1}, {"b": 2}]
+    assert r.feed(b'data:\t{"c":3}\n\n') == [{"c": 3}]  # whitespace before the value
+    assert r.feed(b"data:  [DONE] \n\n") == [] and r.done
+    # One event that is not UTF-8: the events before it count, it is a 502.
+    r = SseReader()
+    with pytest.raises(TranslateError) as info:
+        r.feed(b'data: {"a":1}\n\ndata: {"b":"\xff"}\n\ndata: {"c":3}\n\ndata: {"d"')
+    assert info.value.status == 502
+    assert r._buf == b'data: {"c":3}\n\ndata: {"d"'  # what came after the bad event
+
+
+def test_dumps_is_the_compact_encoder_and_iso_time_is_strftime() -> None:
+    from datetime import UTC, datetime
+
+    enc = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    docs: list[object] = [{"a": [1, 2.5, None, True], "é": "\u2028\"\\\n😀"}, "text", 3, [],
+                          {"n": float("nan"), "big": 10 ** 30, "f": 1e16}]
+    for doc in docs:
+        assert dumps(doc) == enc.encode(doc).encode()
+    assert encode_str('a"é') == enc.encode('a"é')
+    for t in (0.0, 1700000000.0, 1700000000.1234565, 1700000000.9999996, 2e9 + 0.5):
+        assert ollama.iso_time(t) == \
+            datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @pytest.mark.parametrize("bad", [b"data: {nope\n\n", b"data: [1]\n\n"])

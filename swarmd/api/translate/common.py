@@ -19,7 +19,7 @@ handled once, here.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,11 +64,42 @@ def require_model(body: Mapping[str, Any]) -> str:
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _DECODER = json.JSONDecoder()
+#: The decoder's scanner: one JSON value at an index, (value, end) -- what
+#: ``_DECODER.decode`` runs under two layers of Python.
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
+#: A str as a JSON string literal, exactly as :func:`dumps` writes one (the
+#: encoder's own function): for frames built from pieces on a hot path.
+encode_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _c_encoder() -> Callable[[Any, int], Any] | None:
+    """:data:`_ENCODER`'s C encoder, built once.  ``JSONEncoder.encode`` builds
+    it anew on every call (most of the cost of a small object); without a
+    circular-reference check (the translators never build cycles), so there
+    is no state to carry from one call to the next."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    e = _ENCODER
+    try:
+        enc: Callable[[Any, int], Any] = make(
+            None, e.default, json.encoder.encode_basestring, e.indent, e.key_separator,
+            e.item_separator, e.sort_keys, e.skipkeys, e.allow_nan)
+    except TypeError:  # another signature: the encoder's own way
+        return None
+    return enc
+
+
+_C_ENCODE = _c_encoder()
 
 
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON, the one serialisation every translator emits (one
     shared encoder: ``json.dumps`` with options builds a new one per call)."""
+    if _C_ENCODE is not None:
+        return "".join(_C_ENCODE(obj, 0)).encode()
     return _ENCODER.encode(obj).encode()
 
 
@@ -125,29 +156,88 @@ class SseReader:
         """The JSON payloads of the events completed by ``data``.
 
         A payload that is not a JSON object raises TranslateError(502)."""
-        self._buf = (self._buf + data).replace(b"\r\n", b"\n")
+        buf = self._buf + data if self._buf else data
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        cut = buf.rfind(b"\n\n")
+        if cut < 0:
+            self._buf = buf
+            return []
+        if cut and buf[cut - 1] == 10:  # a run of newlines: cut where split() would
+            start = cut - 1
+            while start and buf[start - 1] == 10:
+                start -= 1
+            cut -= (cut + 2 - start) % 2
+        self._buf = buf[cut + 2:]
+        try:
+            # The complete events decoded at once (no character spans a
+            # blank line), then each payload scanned in place.
+            events = buf[:cut].decode().split("\n\n")
+        except UnicodeDecodeError:
+            return self._slow(buf[:cut].split(b"\n\n"), self._buf)
         out: list[JsonObj] = []
-        while True:
-            end = self._buf.find(b"\n\n")
-            if end < 0:
-                return out
-            event, self._buf = self._buf[:end], self._buf[end + 2:]
+        for i, event in enumerate(events):
+            if event.startswith("data: ") and "\n" not in event:
+                payload = event[6:]  # the usual event: one data line
+                if payload.startswith(" "):
+                    payload = payload.lstrip(" ")
+            else:
+                payload = "\n".join(line[5:].lstrip(" ") for line in event.split("\n")
+                                    if line.startswith("data:"))
+            if not payload:
+                continue  # comments, event:/id: lines only
+            if payload == "[DONE]" or payload.strip(" \t\n\r\x0b\x0c") == "[DONE]":
+                self.done = True
+                continue
+            try:
+                obj, end = _SCAN(payload, 0)
+                if end != len(payload):  # whitespace after it, or more than one value
+                    obj = _DECODER.decode(payload)
+            except (StopIteration, ValueError):  # not a value at 0 (whitespace, or not JSON)
+                obj = self._decode(payload, events, i)
+            if not isinstance(obj, dict):
+                self._keep(events, i)
+                raise TranslateError("engine sent a stream event that is not an object",
+                                     status=502, code="upstream_error")
+            out.append(obj)
+        return out
+
+    def _keep(self, events: list[str], i: int) -> None:
+        """After a bad event ``i``: the buffer holds what came after it."""
+        self._buf = b"\n\n".join([*(e.encode() for e in events[i + 1:]), self._buf])
+
+    def _decode(self, payload: str, events: list[str], i: int) -> Any:
+        try:
+            return _DECODER.decode(payload)
+        except ValueError:
+            self._keep(events, i)
+            raise TranslateError("engine sent a stream event that is not JSON",
+                                 status=502, code="upstream_error") from None
+
+    def _slow(self, events: list[bytes], rest: bytes) -> list[JsonObj]:
+        """:meth:`feed` for events that are not all UTF-8: one at a time, so the
+        events before the bad one count as they did."""
+        out: list[JsonObj] = []
+        for i, event in enumerate(events):
             payload = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n")
                                  if line.startswith(b"data:"))
             if not payload:
-                continue  # comments, event:/id: lines only
+                continue
             if payload.strip() == b"[DONE]":
                 self.done = True
                 continue
             try:
                 obj = _DECODER.decode(payload.decode())
             except ValueError:  # UnicodeDecodeError included
+                self._buf = b"\n\n".join([*events[i + 1:], rest])
                 raise TranslateError("engine sent a stream event that is not JSON",
                                      status=502, code="upstream_error") from None
             if not isinstance(obj, dict):
+                self._buf = b"\n\n".join([*events[i + 1:], rest])
                 raise TranslateError("engine sent a stream event that is not an object",
                                      status=502, code="upstream_error")
             out.append(obj)
+        return out
 
 
 # -- neutral events ------------------------------------------------------------------
@@ -225,41 +315,51 @@ class ChatDeltas:
     usage: Usage | None = None
 
     def feed(self, chunk: Mapping[str, Any]) -> list[Event]:
+        # ``type(x) is dict`` first: parsed JSON is always a dict, and the
+        # Mapping check (an ABC) is the slow part of an event otherwise.
         err = chunk.get("error")
         if err is not None:
             msg, code, _ = openai_error_of(chunk, 502)
             return [Failure(msg, code)]
-        if not self.id and isinstance(chunk.get("id"), str):
-            self.id = chunk["id"]
-        if not self.model and isinstance(chunk.get("model"), str):
-            self.model = chunk["model"]
+        if not self.id:
+            cid = chunk.get("id")
+            if isinstance(cid, str):
+                self.id = cid
+        if not self.model:
+            model = chunk.get("model")
+            if isinstance(model, str):
+                self.model = model
         out: list[Event] = []
         choices = chunk.get("choices")
-        if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+        if isinstance(choices, list) and choices:
             choice = choices[0]
-            delta = choice.get("delta")
-            if isinstance(delta, Mapping):
-                if r := _reasoning_of(delta):
-                    out.append(Reasoning(r))
-                content = delta.get("content")
-                if isinstance(content, str) and content:
-                    out.append(Text(content))
-                calls = delta.get("tool_calls")
-                if isinstance(calls, list):
-                    for pos, call in enumerate(calls):
-                        if isinstance(call, Mapping):
-                            out.extend(self._tool_delta(pos, call))
-            text = choice.get("text")  # a /v1/completions chunk
-            if isinstance(text, str) and text:
-                out.append(Text(text))
-            fr = choice.get("finish_reason")
-            if isinstance(fr, str) and fr and self.finished is None:
-                self.finished = fr
-                out.append(Finish(fr))
-        u = usage_of(chunk.get("usage"))
+            if type(choice) is dict or isinstance(choice, Mapping):
+                delta = choice.get("delta")
+                if type(delta) is dict or isinstance(delta, Mapping):
+                    if "reasoning_content" in delta or "reasoning" in delta:
+                        if r := _reasoning_of(delta):
+                            out.append(Reasoning(r))
+                    content = delta.get("content")
+                    if content and isinstance(content, str):
+                        out.append(Text(content))
+                    calls = delta.get("tool_calls")
+                    if isinstance(calls, list):
+                        for pos, call in enumerate(calls):
+                            if isinstance(call, Mapping):
+                                out.extend(self._tool_delta(pos, call))
+                text = choice.get("text")  # a /v1/completions chunk
+                if text and isinstance(text, str):
+                    out.append(Text(text))
+                fr = choice.get("finish_reason")
+                if fr and isinstance(fr, str) and self.finished is None:
+                    self.finished = fr
+                    out.append(Finish(fr))
+        u = chunk.get("usage")
         if u is not None and self.usage is None:
-            self.usage = u
-            out.append(u)
+            usage = usage_of(u)
+            if usage is not None:
+                self.usage = usage
+                out.append(usage)
         return out
 
     def _tool_delta(self, pos: int, call: Mapping[str, Any]) -> list[Event]:

@@ -47,6 +47,7 @@ from swarmd.api.translate.common import (
     TranslateError,
     Usage,
     dumps,
+    encode_str,
     require_model,
 )
 
@@ -333,6 +334,11 @@ def sse_event(doc: JsonObj) -> bytes:
     return b"event: " + str(doc["type"]).encode() + b"\ndata: " + dumps(doc) + b"\n\n"
 
 
+_TEXT_DELTA = b"response.output_text.delta"
+_REASONING_DELTA = b"response.reasoning_text.delta"
+_ARGS_DELTA = b"response.function_call_arguments.delta"
+
+
 @dataclass
 class EventStream:
     """OpenAI chat SSE bytes in, Responses API SSE events out."""
@@ -357,9 +363,15 @@ class EventStream:
 
     def start(self) -> bytes:
         """``response.created`` and ``response.in_progress``."""
-        snap = skeleton(self.body, self.resp_id, self.model, self.created_at, "in_progress")
-        return (self._ev("response.created", response=snap)
-                + self._ev("response.in_progress", response=snap))
+        snap = dumps(skeleton(self.body, self.resp_id, self.model, self.created_at,
+                              "in_progress"))  # the same object twice: encoded once
+        out = (b'event: response.created\ndata: {"type":"response.created","sequence_number":'
+               b"%d" % self.seq + b',"response":' + snap + b"}\n\n"
+               b'event: response.in_progress\ndata: {"type":"response.in_progress",'
+               b'"sequence_number":' + b"%d" % (self.seq + 1) + b',"response":' + snap
+               + b"}\n\n")
+        self.seq += 2
+        return out
 
     def _close_open(self) -> bytes:
         item = self._open
@@ -409,21 +421,33 @@ class EventStream:
             chunks = self.sse.feed(data)
         except TranslateError as exc:
             return self.fail(exc.message)
-        out = b""
+        out: list[bytes] = []
         for chunk in chunks:
             for ev in self.deltas.feed(chunk):
-                out += self._event(ev)
+                out.append(self._event(ev))
                 if self.ended:
-                    return out
+                    return b"".join(out)
         if self.sse.done:
-            out += self.finish()
-        return out
+            out.append(self.finish())
+        return b"".join(out)
+
+    def _delta(self, kind: bytes, idx: int, delta: str, tail: bytes) -> bytes:
+        """A ``*.delta`` event of the open item, as :meth:`_ev` writes it: the
+        stream's hot path, so built from pieces."""
+        assert self._open is not None
+        seq = self.seq
+        self.seq += 1
+        return (b"event: " + kind + b'\ndata: {"type":"' + kind + b'","sequence_number":'
+                + b"%d" % seq + b',"item_id":' + encode_str(self._open["id"]).encode()
+                + b',"output_index":' + b"%d" % idx + tail + encode_str(delta).encode()
+                + (b',"logprobs":[]}\n\n' if kind == _TEXT_DELTA else b"}\n\n"))
 
     def _event(self, ev: Any) -> bytes:
         out = b""
         idx = len(self._out)
-        if isinstance(ev, Text | Reasoning):
-            want = "message" if isinstance(ev, Text) else "reasoning"
+        # ``type(ev) is``: the events are final classes (cheaper than a union).
+        if type(ev) is Text or type(ev) is Reasoning:
+            want = "message" if type(ev) is Text else "reasoning"
             if self._open is None or self._open["type"] != want:
                 item = (_message_item(self.resp_id, "", "in_progress") if want == "message"
                         else {"type": "reasoning", "id": f"rs_{_hex(self.resp_id)}",
@@ -431,21 +455,17 @@ class EventStream:
                 out += self._open_item(item)
                 idx = len(self._out)
             self._text.append(ev.text)
-            kind = ("response.output_text.delta" if want == "message"
-                    else "response.reasoning_text.delta")
-            extra: JsonObj = {"logprobs": []} if want == "message" else {}
-            out += self._ev(kind, item_id=self._open["id"] if self._open else "",
-                            output_index=idx, content_index=0, delta=ev.text, **extra)
-        elif isinstance(ev, ToolStart):
+            out += self._delta(_TEXT_DELTA if want == "message" else _REASONING_DELTA, idx,
+                               ev.text, b',"content_index":0,"delta":')
+        elif type(ev) is ToolStart:
             n = sum(1 for it in self._out if it["type"] == "function_call")
             out += self._open_item(_call_item(self.resp_id, n, ev.call_id, ev.name, "",
                                               "in_progress"))
-        elif isinstance(ev, ToolArgs) and self._open is not None \
+        elif type(ev) is ToolArgs and self._open is not None \
                 and self._open["type"] == "function_call":
             self._open["arguments"] += ev.delta
-            out += self._ev("response.function_call_arguments.delta",
-                            item_id=self._open["id"], output_index=idx, delta=ev.delta)
-        elif isinstance(ev, Failure):
+            out += self._delta(_ARGS_DELTA, idx, ev.delta, b',"delta":')
+        elif type(ev) is Failure:
             out += self.fail(ev.message)
         return out
 
