@@ -29,11 +29,13 @@ Every party is a real process on 127.0.0.1 (the swarmd daemons of
 4. Fan-out: n2 is stopped first, so n1 is the one holder; ``--fanout`` fresh
    daemons (n3..) join, and once each sees gemma stored on n1 alone, all run
    ``swarmctl pull gemma --json`` at the same moment.  ``seconds`` is the wall
-   time from the launch to the last result.  A pull's sources are the holders
-   at the moment it plans (complete copies only: partial blobs are not
-   served), so pullers started together never feed each other and the
-   fan-out is bound by n1's upload: the ideal is ``fanout`` x the single
-   transfer's bytes at the single transfer's rate per core n1 has.
+   time from the launch to the last result.  Pullers started together feed
+   each other: each serves the chunks it has verified while it still pulls,
+   and finds the others through n1's ``have`` answers (protocol/dataplane.md),
+   rarest chunk first; "from n1" is the share of the pullers' bytes n1 sent
+   (each result's ``served_by``), the rest came from pullers.  On one machine
+   every byte still costs one TLS encrypt and one decrypt + hash + write
+   somewhere, so the fan-out is bound by the cores, not by n1's upload alone.
 5. Every copy is checked (sha256 of the stored blob), the table printed, and
    every daemon is killed in ``finally`` (also on failure, Ctrl-C, SIGTERM).
 
@@ -310,6 +312,9 @@ def run(a: argparse.Namespace, work: Path, procs: Procs, daemons: list[Daemon],
     for r in res:
         assert r["digest"] == first["digest"], (r, first)
     srcs = sorted({s for q in fp for s in q.sources})
+    by = [r.get("served_by") or {} for r in res]
+    from_n1 = sum(b.get("peer n1", 0) for b in by)
+    got_all = sum(sum(b.values()) for b in by) or 1
     per = [q.seconds for q in fp]
     rx_cpu = [fw.cpu[d.name] for d in fan]
     rx_rss = [(fw.rss_peak[d.name] - fw.rss_before[d.name]) / MIB for d in fan]
@@ -318,7 +323,9 @@ def run(a: argparse.Namespace, work: Path, procs: Procs, daemons: list[Daemon],
                     rx_label="(below)", extra=f"per puller {min(per):.2f}..{max(per):.2f} s; "
                                        f"puller CPU s {min(rx_cpu):.2f}..{max(rx_cpu):.2f}, "
                                        f"RSS +{min(rx_rss):.1f}..+{max(rx_rss):.1f} MiB; "
-                                       f"sources: {', '.join(srcs)}"))
+                                       f"from n1 {from_n1 / 1e6:.0f} of {got_all / 1e6:.0f} MB "
+                                       f"({100 * from_n1 / got_all:.0f}%), the rest from "
+                                       f"pullers; sources: {', '.join(srcs)}"))
     note(f"fan-out: {total:.2f} s")
 
     # 5: every copy byte-identical.
@@ -362,8 +369,8 @@ def print_table(rows: list[Row], size: int, single: Pull, total: float, fanout: 
         if r.extra:
             print(f"- {r.name}: {r.extra}")
     print(f"- fan-out: n2 was stopped before it (it held a complete copy); n1 was the only "
-          f"holder, and pullers started together do not serve each other (sources are "
-          f"the complete copies at plan time), so n1's upload served all {fanout}.")
+          f"complete holder, and the {fanout} pullers served each other the chunks they had "
+          f"verified while still pulling.")
 
     dp = size / single.seconds / 1e6
     print("\n| target | measured | verdict |")

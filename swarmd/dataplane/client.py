@@ -92,7 +92,7 @@ class BlobError(Exception):
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
-        # refused|connect|timeout|not_found|range|bad_answer|truncated|altered|io
+        # refused|connect|timeout|not_found|range|incomplete|bad_answer|truncated|altered|io
         self.reason = reason
 
 
@@ -351,6 +351,33 @@ class DataPlaneClient:
         self.stats["blob_bytes"] += len(data)
         return data
 
+    async def have(self, node_id: str, digest: str, *, within: float = 5.0) -> wire.Have:
+        """Which chunks of blob ``digest`` ``node_id`` holds, and which other members
+        asked it about that blob lately (``GET /dp/1/have/<hex>``, pooled).
+        Raises BlobError (``not_found`` when it holds none of it)."""
+        try:
+            url = self._url(node_id, wire.have_path(digest))
+        except UpstreamError as exc:
+            raise BlobError("connect", exc.message) from None
+        try:
+            async with asyncio.timeout(within):
+                async with self._session(node_id).get(url) as resp:
+                    raw = await resp.content.read(wire.MAX_HAVE_CHUNKS // 4 + 4096)
+                    if wire.H_ERROR in resp.headers:
+                        err = wire.decode_error(resp.headers, raw)
+                        raise BlobError(err.kind if err.kind in ("refused", "not_found")
+                                        else "bad_answer", err.message)
+                    if resp.status != 200:
+                        raise BlobError("bad_answer", f"status {resp.status}")
+        except TimeoutError:
+            raise BlobError("timeout", f"have {digest[:12]}: no answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise BlobError("connect", f"{type(exc).__name__}: {exc}") from None
+        try:
+            return wire.decode_have(raw)
+        except wire.WireError as exc:
+            raise BlobError("bad_answer", str(exc)) from None
+
     async def fetch_range(self, node_id: str, digest: str, start: int, end: int,
                           dest: Path, *, expect: str | None = None, within: float = 600.0,
                           idle: float = 30.0) -> FetchResult:
@@ -360,7 +387,8 @@ class DataPlaneClient:
         ``expect`` is the hex SHA-256 of exactly these bytes; None means the range
         is the whole blob and must hash to ``digest``.  ``within`` bounds the whole
         read, ``idle`` each wait for bytes (seconds).  Raises BlobError; on error
-        the bytes written at that range are garbage."""
+        the bytes written at that range are garbage, but no write of this call
+        lands after it returns or raises (unless cancelled twice)."""
         rng = wire.range_header(start, end)
         path = wire.blob_path(digest)
         addr = self.address_of(node_id)
@@ -421,8 +449,17 @@ class DataPlaneClient:
             if transport is not None:
                 transport.abort()
             if flushing is not None and not flushing.done():
-                # Cancelled mid-write: close only once the worker is done with fd.
-                flushing.add_done_callback(lambda _f: os.close(fd))
+                # The worker may still be writing into our range: wait for it,
+                # so a retry of the range by another stream cannot be
+                # overwritten by this late write (a verified chunk gone bad).
+                try:
+                    await asyncio.shield(asyncio.wrap_future(flushing))
+                except Exception:  # noqa: BLE001 -- the error that got us here wins
+                    pass
+                except BaseException:  # cancelled again: close once the worker is done
+                    flushing.add_done_callback(lambda _f: os.close(fd))
+                    raise
+                os.close(fd)
             else:
                 os.close(fd)
         if got != end - start:
@@ -447,7 +484,8 @@ class DataPlaneClient:
                 body += piece[1]
                 reader.release(piece[0])
             err = wire.decode_error(head.headers, bytes(body))
-            reason = err.kind if err.kind in ("refused", "not_found", "range") else "bad_answer"
+            reason = err.kind if err.kind in ("refused", "not_found", "range", "incomplete") \
+                else "bad_answer"
             raise BlobError(reason, err.message)
         if head.status != 206:
             raise BlobError("bad_answer", f"status {head.status}, expected 206")

@@ -25,7 +25,12 @@ truncated body).  When the caller disconnects, aiohttp cancels the handler
 (``handler_cancellation``) and ``aclose()`` cancels the engine request.
 
 Blob (``/dp/1/blobs/<sha256>``): the injected ``blob_path`` names a complete,
-verified file (or None: 404).  One byte range per request, read with
+verified file, or a blob this node is still pulling (a :class:`PartialFile`:
+only ranges inside chunks it has verified are served, any other is ``409
+incomplete``), or None (404).  ``/dp/1/have/<sha256>`` answers which chunks
+this node holds and which other members asked about that blob in the last
+:data:`INTEREST_TTL` s (a range read or a ``have`` counts): the tracker that
+lets pullers started together find and feed each other.  One byte range per request, read with
 ``os.pread`` in :data:`BLOB_CHUNK` pieces in a worker thread and written
 with drain, so memory does not grow with the file.  Over TLS there is no
 zero-copy: Python's ``ssl`` encrypts in user space (asyncio's own sendfile
@@ -41,9 +46,11 @@ import os
 import re
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
@@ -56,8 +63,24 @@ log = logging.getLogger("swarmd.dataplane")
 
 #: The proxy's Proxy.open_local: one request on one of this node's engines.
 OpenLocal = Callable[[str, ProxyRequest, Deadlines], Awaitable[UpstreamResponse]]
-#: A complete, verified blob's file by sha256 hex digest, or None.
-BlobPath = Callable[[str], "Path | None"]
+
+
+class PartialFile(Protocol):
+    """A blob this node is still fetching (the store's ``PartialBlob``): its
+    final size, its file, and which chunks are verified and written."""
+
+    size: int
+    part_path: Path
+
+    @property
+    def chunk_size(self) -> int: ...
+    def covers(self, start: int, end: int) -> bool: ...
+    def have_chunks(self) -> frozenset[int]: ...
+
+
+#: What this node serves under a sha256 hex digest: a complete, verified file,
+#: a blob being fetched, or None.
+BlobPath = Callable[[str], "Path | PartialFile | None"]
 
 #: Removes a model from this node's store: name -> (HTTP status, JSON answer).
 RemoveModel = Callable[[str], Awaitable["tuple[int, dict[str, object]]"]]
@@ -65,6 +88,10 @@ RemoveModel = Callable[[str], Awaitable["tuple[int, dict[str, object]]"]]
 #: Bytes read from a blob file per write.
 BLOB_CHUNK = 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d{1,19})-(\d{0,19})$")
+#: Seconds a member that asked about a blob stays listed in ``have`` answers.
+INTEREST_TTL = 60.0
+#: Blobs tracked at once (the least recently asked about is forgotten first).
+INTEREST_BLOBS = 256
 
 
 @dataclass(frozen=True)
@@ -139,6 +166,7 @@ class DataPlaneServer:
     stats: dict[str, int] = field(default_factory=lambda: {
         "refused_connections": 0, "refused_requests": 0, "forwarded": 0, "completed": 0,
         "errors": 0, "broken": 0, "cancelled": 0, "blob_reads": 0, "blob_bytes": 0,
+        "partial_reads": 0, "partial_bytes": 0, "incomplete": 0, "have": 0,
     })
 
     def __post_init__(self) -> None:
@@ -147,11 +175,34 @@ class DataPlaneServer:
         self._server: asyncio.Server | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.port = 0
+        #: blob hex -> {peer id: last time it asked}, both in least-recent-first order.
+        self._interest: OrderedDict[str, OrderedDict[str, float]] = OrderedDict()
+
+    def _note_interest(self, digest: str, peer: str) -> None:
+        now = time.monotonic()
+        peers = self._interest.pop(digest, None) or OrderedDict()
+        peers.pop(peer, None)
+        peers[peer] = now
+        while len(peers) > 4 * wire.MAX_HAVE_PEERS or (
+                peers and next(iter(peers.values())) < now - INTEREST_TTL):
+            peers.popitem(last=False)
+        self._interest[digest] = peers
+        while len(self._interest) > INTEREST_BLOBS:
+            self._interest.popitem(last=False)
+
+    def interested(self, digest: str, but: str = "") -> tuple[str, ...]:
+        """Members that asked about ``digest`` in the last INTEREST_TTL s, newest first."""
+        cutoff = time.monotonic() - INTEREST_TTL
+        peers: dict[str, float] = self._interest.get(digest) or {}
+        out = [p for p, t in reversed(peers.items()) if t >= cutoff and p != but
+               and self.is_admitted(p)]
+        return tuple(out[:wire.MAX_HAVE_PEERS])
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_body)
         app.router.add_route("*", wire.FORWARD_PREFIX + "/{route:.+}", self._forward)
         app.router.add_get(wire.BLOB_PREFIX + "{digest}", self._blob)
+        app.router.add_get(wire.HAVE_PREFIX + "{digest}", self._have)
         app.router.add_get(wire.PING_PATH, self._ping)
         app.router.add_post(wire.MODEL_RM_PATH, self._model_rm)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
@@ -299,6 +350,40 @@ class DataPlaneServer:
         self.stats["completed"] += 1
         return resp
 
+    def _asker(self, request: web.Request) -> str:
+        try:
+            return self.check.peer_id(request.transport)
+        except PeerRefused:  # pragma: no cover - _admit passed on this connection
+            return ""
+
+    async def _have(self, request: web.Request) -> web.Response:
+        refused = self._admit(request)
+        if refused is not None:
+            return refused
+        node = self.cert.peer_id
+        try:
+            digest = wire.parse_have_path(request.path)
+        except wire.WireError as exc:
+            return _error(wire.PlaneError("bad_request", str(exc)), node)
+        asker = self._asker(request)
+        self._note_interest(digest, asker)
+        self.stats["have"] += 1
+        served = self.blob_path(digest) if self.blob_path is not None else None
+        peers = self.interested(digest, but=asker)
+        if served is None:
+            return _error(wire.PlaneError("not_found", f"no blob {digest}"), node)
+        if isinstance(served, Path):
+            try:
+                size = os.stat(served).st_size
+            except OSError as exc:
+                return _error(wire.PlaneError("not_found", f"blob {digest}: {exc.strerror}"),
+                              node)
+            have = wire.Have(size, wire.HAVE_CHUNK, None, peers)
+        else:
+            have = wire.Have(served.size, served.chunk_size, served.have_chunks(), peers)
+        return web.Response(status=200, body=wire.encode_have(have),
+                            content_type="application/json", headers={wire.H_NODE: node})
+
     async def _blob(self, request: web.Request) -> web.StreamResponse:
         refused = self._admit(request)
         if refused is not None:
@@ -308,22 +393,34 @@ class DataPlaneServer:
             digest = wire.parse_blob_path(request.path)
         except wire.WireError as exc:
             return _error(wire.PlaneError("bad_request", str(exc)), node)
-        path = self.blob_path(digest) if self.blob_path is not None else None
-        if path is None:
+        self._note_interest(digest, self._asker(request))
+        served = self.blob_path(digest) if self.blob_path is not None else None
+        if served is None:
             return _error(wire.PlaneError("not_found", f"no blob {digest}"), node)
         pool = self._pool
         assert pool is not None
+        partial = None if isinstance(served, Path) else served
+        file = served if isinstance(served, Path) else served.part_path
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(file, os.O_RDONLY)
         except OSError as exc:
-            return _error(wire.PlaneError("not_found", f"blob {digest}: {exc.strerror}"), node)
+            again = self.blob_path(digest) if partial is not None and self.blob_path else None
+            if not isinstance(again, Path):  # not the partial just finished into blobs/
+                return _error(wire.PlaneError("not_found", f"blob {digest}: {exc.strerror}"),
+                              node)
+            partial, fd = None, os.open(again, os.O_RDONLY)
         pending: concurrent.futures.Future[bytes] | None = None
         try:
-            size = os.fstat(fd).st_size
+            size = os.fstat(fd).st_size if partial is None else partial.size
             rng = _parse_range(request.headers.get("Range"), size)
             if rng is None:
                 return _error(wire.PlaneError("range", f"range not inside {size} bytes"), node)
             start, end = rng
+            if partial is not None and not partial.covers(start, end):
+                self.stats["incomplete"] += 1
+                return _error(wire.PlaneError(
+                    "incomplete", f"blob {digest[:12]}: bytes {start}-{end - 1} touch a chunk "
+                    "this node has not verified yet"), node)
             resp = web.StreamResponse(status=206)
             resp.content_length = end - start
             resp.headers["Content-Type"] = "application/octet-stream"
@@ -342,6 +439,10 @@ class DataPlaneServer:
                 await resp.write(data)
                 pos += len(data)
                 self.stats["blob_bytes"] += len(data)
+                if partial is not None:
+                    self.stats["partial_bytes"] += len(data)
+            if partial is not None:
+                self.stats["partial_reads"] += 1
             await resp.write_eof()
             return resp
         finally:

@@ -18,11 +18,16 @@ unless the data plane itself failed: then the answer carries
 an engine.  Clients tell the two apart by that header alone.
 
 Blob read: ``GET /dp/1/blobs/<sha256 hex>`` with ``Range: bytes=a-b``;
-answers 206 with ``Content-Range`` (or 404/416 with ``Swarmd-Error``).
+answers 206 with ``Content-Range`` (or 404/409/416 with ``Swarmd-Error``).
+A node still pulling a blob serves the chunks it has verified; a range that
+touches another chunk is ``409 incomplete``.  ``GET /dp/1/have/<sha256 hex>``
+says which chunks a node holds (a bitmap, :func:`encode_have`) and which other
+members asked it about that blob lately (so pullers find each other).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -33,6 +38,8 @@ VERSION = 1
 PREFIX = f"/dp/{VERSION}"
 FORWARD_PREFIX = PREFIX + "/forward"
 BLOB_PREFIX = PREFIX + "/blobs/"
+#: ``GET``: which chunks of a blob the node holds, and who else asked (JSON, :func:`encode_have`).
+HAVE_PREFIX = PREFIX + "/have/"
 PING_PATH = PREFIX + "/ping"
 #: ``POST`` ``{"name": NAME}``: remove a model from the serving node's store
 #: (``swarmctl rm --node/--everywhere``); answers ``{"status": int, ...}`` JSON.
@@ -79,13 +86,14 @@ ERROR_STATUS = {
     "not_found": 404,  # no such route or blob
     "range": 416,  # the byte range is not inside the blob
     "internal": 500,  # anything else
+    "incomplete": 409,  # the node holds the blob in part; the range touches a chunk it lacks
 }
 #: How a client maps them to the proxy's UpstreamError kinds (retry rules).
 CLIENT_KIND = {
     "saturated": "saturated", "unavailable": "unavailable", "connect": "connect",
     "timeout": "timeout", "upstream": "upstream", "refused": "unavailable",
     "not_found": "unavailable", "bad_request": "upstream", "range": "upstream",
-    "internal": "upstream",
+    "internal": "upstream", "incomplete": "unavailable",
 }
 
 
@@ -268,3 +276,108 @@ def parse_content_range(value: str) -> tuple[int, int, int]:
     if not a <= b < total:
         raise WireError(f"Content-Range {value!r} out of order")
     return a, b + 1, total
+
+
+def have_path(digest: str) -> str:
+    if not _DIGEST.match(digest):
+        raise ValueError("a blob digest is 64 lowercase hex digits (sha256)")
+    return HAVE_PREFIX + digest
+
+
+def parse_have_path(path: str) -> str:
+    digest = path[len(HAVE_PREFIX):] if path.startswith(HAVE_PREFIX) else ""
+    if not _DIGEST.match(digest):
+        raise WireError("a blob digest is 64 lowercase hex digits (sha256)")
+    return digest
+
+
+# -- which chunks a node holds ---------------------------------------------------------------
+
+#: The chunk size a node names for a complete blob (the model store's CHUNK_SIZE).
+HAVE_CHUNK = 16 * 1024 * 1024
+#: Most chunks a ``have`` answer describes (a 4 TiB blob in 16 MiB chunks: a 32 KiB bitmap).
+MAX_HAVE_CHUNKS = 1 << 18
+#: Most peer ids in a ``have`` answer.
+MAX_HAVE_PEERS = 16
+_PEER_ID = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{1,128}$")
+
+
+def bitmap_of(chunks: Iterable[int], count: int) -> bytes:
+    """Chunk ``i`` is bit ``0x80 >> (i % 8)`` of byte ``i // 8``; ``ceil(count / 8)`` bytes."""
+    out = bytearray((count + 7) // 8)
+    for i in chunks:
+        if 0 <= i < count:
+            out[i >> 3] |= 0x80 >> (i & 7)
+    return bytes(out)
+
+
+def chunks_of(bitmap: bytes, count: int) -> frozenset[int]:
+    """The chunk indices set in ``bitmap``; WireError unless it is exactly
+    ``ceil(count / 8)`` bytes with no bit set past ``count``."""
+    if len(bitmap) != (count + 7) // 8:
+        raise WireError(f"a bitmap of {count} chunks is {(count + 7) // 8} bytes, "
+                        f"not {len(bitmap)}")
+    got = frozenset(i for i in range(len(bitmap) * 8) if bitmap[i >> 3] & (0x80 >> (i & 7)))
+    if got and max(got) >= count:
+        raise WireError(f"bitmap sets a chunk past the {count} chunks")
+    return got
+
+
+@dataclass(frozen=True)
+class Have:
+    """A node's answer about one blob: its size, chunk size, which chunks it holds
+    (``chunks`` None: the whole blob) and other members that asked about it."""
+
+    size: int
+    chunk_size: int
+    chunks: frozenset[int] | None
+    peers: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return (self.size + self.chunk_size - 1) // self.chunk_size
+
+
+def encode_have(have: Have) -> bytes:
+    """Compact JSON, keys ``size``, ``chunk_size``, ``complete``, ``chunks``
+    (base64 bitmap, only when not complete), ``peers``."""
+    doc: dict[str, object] = {"size": have.size, "chunk_size": have.chunk_size,
+                              "complete": have.chunks is None}
+    if have.chunks is not None:
+        doc["chunks"] = base64.b64encode(bitmap_of(have.chunks, have.count)).decode()
+    doc["peers"] = list(have.peers[:MAX_HAVE_PEERS])
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_have(raw: bytes) -> Have:
+    """Strict reading of a ``have`` answer (untrusted); WireError if malformed.
+    Peer ids that are not base58 strings are dropped, and past 16 ignored."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise WireError("have answer is not JSON") from None
+    if not isinstance(doc, dict):
+        raise WireError("have answer is not an object")
+    size, cs, complete = doc.get("size"), doc.get("chunk_size"), doc.get("complete")
+    for name, v in (("size", size), ("chunk_size", cs)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "chunk_size" else 0):
+            raise WireError(f"have: bad {name}")
+    assert isinstance(size, int) and isinstance(cs, int)
+    if (size + cs - 1) // cs > MAX_HAVE_CHUNKS:
+        raise WireError(f"have: more than {MAX_HAVE_CHUNKS} chunks")
+    if not isinstance(complete, bool):
+        raise WireError("have: bad complete")
+    chunks: frozenset[int] | None = None
+    if not complete:
+        text = doc.get("chunks")
+        if not isinstance(text, str):
+            raise WireError("have: chunks missing")
+        try:
+            bitmap = base64.b64decode(text, validate=True)
+        except ValueError:
+            raise WireError("have: chunks is not base64") from None
+        chunks = chunks_of(bitmap, (size + cs - 1) // cs)
+    peers = doc.get("peers", [])
+    good = tuple(p for p in (peers if isinstance(peers, list) else [])[:MAX_HAVE_PEERS]
+                 if isinstance(p, str) and _PEER_ID.match(p))
+    return Have(size, cs, chunks, good)

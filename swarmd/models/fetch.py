@@ -27,12 +27,27 @@ at the end; a mismatch discards the partial.
 ``limiter`` paces all reads (``[models] max_transfer_rate``) so inference
 traffic keeps room; ``cancel`` stops between pieces, leaving a resumable
 partial.
+
+:func:`fetch_swarm` is the peer-pull variant: the sources are a
+:class:`ChunkSwarm` whose holders change while the blob is fetched -- full
+copies, and other nodes still pulling it that serve the chunks they have
+verified -- polled every :data:`SWARM_POLL` s.  A
+:class:`~swarmd.models.chunkboard.ChunkBoard` hands each peer's streams the
+rarest chunk that peer holds; every chunk is verified on arrival.  While it
+runs the partial is offered to the data plane (:meth:`ModelStore.serving`),
+so this node feeds other pullers in turn.  A peer whose bytes do not verify
+is dropped for good and counted (``bad_sources``) at once; a transient
+failure (connect, timeout, a broken stream, a peer membership briefly calls
+dead) backs off, and after :data:`SWARM_FAILS` in a row the peer is benched
+for :data:`SWARM_BENCH` s, then taken back if a poll still names it; a
+partial holder that no longer has what it said is dropped quietly.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from swarmd.models.chunkboard import ChunkBoard
 from swarmd.models.manifest import CHUNK_SIZE
 from swarmd.models.partial import DigestMismatch, PartialBlob
 from swarmd.models.store import ModelStore, StoreError
@@ -47,6 +63,15 @@ from swarmd.models.store import ModelStore, StoreError
 
 class SourceError(Exception):
     """A source failed to deliver (network, HTTP status, short or long read)."""
+
+
+class BadBytes(SourceError):
+    """The source sent bytes that do not verify (a corrupt copy, or a liar)."""
+
+
+class Gone(SourceError):
+    """The source no longer holds what was asked (removed, or a partial holder
+    that does not have that chunk)."""
 
 
 class Cancelled(Exception):
@@ -108,6 +133,7 @@ class FetchResult:
     present: bool = False  # the blob was already complete
     pinned: bool = False  # the store pinned this blob for the caller: unpin it when done
     bad_sources: dict[str, int] = field(default_factory=dict)
+    served: dict[str, int] = field(default_factory=dict)  # bytes per source label (fetch_swarm)
 
 
 class RateLimiter:
@@ -292,5 +318,201 @@ def fetch_blob(
             sha = partial.finish()
             return FetchResult(sha256=sha, fetched=f.fetched, resumed=partial.resumed_bytes,
                                bad_sources=f.bad, pinned=True)
+        finally:
+            partial.close()
+
+
+# -- peer pulls: holders that change while the blob is fetched --------------------------------
+
+#: Seconds between two polls of who holds which chunks.
+SWARM_POLL = 0.5
+#: Transient failures in a row after which a peer is benched.
+SWARM_FAILS = 3
+#: Seconds a benched peer sits out before a poll may bring it back.
+SWARM_BENCH = 5.0
+#: Seconds a fetch waits with no chunk done and no holder gaining one before it fails.
+SWARM_STALL = 30.0
+
+log = logging.getLogger("swarmd.models")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A peer holding one blob: ``have`` None = the whole blob, else its chunk indices."""
+
+    key: str  # stable id (a node id)
+    label: str  # shown in progress, errors and bad_sources
+    have: frozenset[int] | None
+
+
+class ChunkSwarm(Protocol):
+    """The peers of one blob in a peer pull (:mod:`swarmd.runtime.peer_models`)."""
+
+    #: Chunk reads in flight at most per peer, and in all.
+    per_peer: int
+    streams: int
+
+    def holders(self) -> Sequence[Holder]:
+        """Who holds the blob now, and which chunks (called every SWARM_POLL s)."""
+        ...
+
+    def source(self, key: str) -> WritingSource:
+        """A source reading from holder ``key`` (used by several streams at once)."""
+        ...
+
+
+class _Swarm:
+    def __init__(self, partial: PartialBlob, target: BlobTarget, swarm: ChunkSwarm,
+                 board: ChunkBoard, progress: ProgressFn, cancel: threading.Event,
+                 limiter: RateLimiter, on_source: Callable[[str], None]) -> None:
+        self.partial, self.target, self.swarm, self.board = partial, target, swarm, board
+        self.progress, self.cancel, self.limiter = progress, cancel, limiter
+        self.on_source = on_source
+        self.lock = threading.Lock()
+        self.fetched = 0
+        self.bytes_seen = sum(partial.chunk_len(i) for i in partial.done)
+        self.bad: dict[str, int] = {}
+        self.errors: list[str] = []
+        self.fails: dict[str, int] = {}
+        self.served: dict[str, int] = {}
+        self.labels: dict[str, str] = {}
+        self.sources: dict[str, WritingSource] = {}
+
+    def add(self, h: Holder) -> None:
+        if h.key not in self.sources:
+            self.sources[h.key] = self.swarm.source(h.key)
+        if self.board.set_peer(h.key, h.have) and h.key not in self.labels:
+            self.labels[h.key] = h.label
+            self.on_source(h.label)
+
+    def _drop(self, key: str, why: str, *, count: bool, bench: bool = False) -> None:
+        if self.board.dropped(key):
+            return
+        label = self.labels.get(key, key)
+        self.board.drop(key, until=time.monotonic() + SWARM_BENCH if bench else None)
+        with self.lock:
+            self.errors.append(f"{label}: {why}")
+            if count:
+                self.bad[label] = self.bad.get(label, 0) + 1
+            self.fails.pop(key, None)
+        log.info("pull source dropped", extra={"fields": {"source": label, "error": why,
+                                                          "benched": bench}})
+
+    def worker(self) -> None:
+        assert self.target.chunks is not None
+        p, board = self.partial, self.board
+        while True:
+            got = board.take(self.cancel)
+            if got is None:
+                return
+            key, i = got
+            n = p.chunk_len(i)
+            try:
+                self.limiter.take(n)
+                self.sources[key].write_range(p.part_path, i * CHUNK_SIZE, n,
+                                              self.target.chunks[i])
+            except Exception as exc:  # noqa: BLE001 - every failure is the source's
+                p.invalidate_hash()  # the chunk's bytes will be rewritten
+                board.failed(i)
+                if isinstance(exc, BadBytes | DigestMismatch):
+                    self._drop(key, str(exc), count=True)
+                elif isinstance(exc, Gone):
+                    self._drop(key, str(exc), count=False)
+                else:
+                    with self.lock:
+                        self.fails[key] = fails = self.fails.get(key, 0) + 1
+                    if fails >= SWARM_FAILS:
+                        self._drop(key, f"{exc} ({fails} failures in a row)", count=False,
+                                   bench=True)
+                    else:
+                        self.cancel.wait(0.25 * 2 ** fails)
+                continue
+            p.chunk_done(i, self.target.chunks[i])
+            board.done(i)
+            label = self.labels.get(key, key)
+            with self.lock:
+                self.fails[key] = 0
+                self.fetched += n
+                self.bytes_seen += n
+                self.served[label] = self.served.get(label, 0) + n
+                seen = self.bytes_seen
+            self.progress(seen)
+
+    def run(self) -> None:
+        board = self.board
+        version, since = -1, time.monotonic()
+        threads: list[threading.Thread] = []
+        try:
+            while not self.cancel.is_set() and not board.finished():
+                next_poll = time.monotonic() + SWARM_POLL
+                try:
+                    holders = list(self.swarm.holders())
+                except Exception as exc:  # noqa: BLE001 - a poll failure is not fatal
+                    log.info("pull: polling holders failed", extra={"fields": {"error": str(exc)}})
+                    holders = []
+                for h in holders:
+                    self.add(h)
+                if not threads:
+                    threads = [threading.Thread(target=self.worker, daemon=True,
+                                                name="swarmd-pull-stream")
+                               for _ in range(max(1, self.swarm.streams))]
+                    for t in threads:
+                        t.start()
+                if board.version != version:
+                    version, since = board.version, time.monotonic()
+                if not board.servable():
+                    # Nobody live holds a missing chunk: wait for partial holders
+                    # to get more, but not for ever, and not at all with no peer.
+                    if (not board.peers() and not board.benched()) or \
+                            time.monotonic() - since > SWARM_STALL:
+                        break
+                while not self.cancel.is_set() and not board.finished() and \
+                        (left := next_poll - time.monotonic()) > 0:
+                    board.wait(left)
+        finally:
+            board.close()
+            for t in threads:
+                t.join()
+
+
+def fetch_swarm(
+    store: ModelStore, target: BlobTarget, swarm: ChunkSwarm, *,
+    progress: ProgressFn = lambda n: None, cancel: threading.Event | None = None,
+    limiter: RateLimiter | None = None, on_source: Callable[[str], None] = lambda label: None,
+) -> FetchResult:
+    """Bring one blob into ``store`` from the peers of ``swarm`` (see the module
+    docstring); ``target`` must carry its sha256 and chunk digests.
+    ``on_source(label)`` is called for each peer as it joins."""
+    if target.sha256 is None or target.chunks is None:
+        raise FetchError(f"{target.label}: a peer pull needs the blob's digests")
+    cancel = cancel or threading.Event()
+    limiter = limiter or RateLimiter(0)
+    if store.has_blob(target.sha256):
+        progress(target.size)
+        return FetchResult(sha256=target.sha256, present=True)
+    with store.blob_lock(target.key):
+        if store.has_blob(target.sha256):  # another pull finished it
+            progress(target.size)
+            return FetchResult(sha256=target.sha256, present=True)
+        partial = store.partial(target.key, target.size, target.sha256)
+        partial.open()
+        try:
+            for i, d in list(partial.done.items()):
+                if target.chunks[i] != d:
+                    del partial.done[i]
+            board = ChunkBoard(partial.missing(), per_peer=swarm.per_peer)
+            f = _Swarm(partial, target, swarm, board, progress, cancel, limiter, on_source)
+            progress(f.bytes_seen)
+            with store.serving(target.sha256, partial):
+                f.run()
+                if cancel.is_set():
+                    raise Cancelled(f"{target.label}: cancelled")
+                if partial.missing():
+                    raise FetchError(
+                        f"{target.label}: {len(partial.missing())} chunks could not be fetched "
+                        f"({'; '.join(f.errors) or 'no peer holds them'})", f.bad)
+                sha = partial.finish()
+            return FetchResult(sha256=sha, fetched=f.fetched, resumed=partial.resumed_bytes,
+                               bad_sources=f.bad, pinned=True, served=f.served)
         finally:
             partial.close()

@@ -13,8 +13,12 @@ finds the blob complete.
 
 The journal is replaced atomically after each chunk but not fsynced: on
 reopen every journaled chunk is re-read from disk and re-hashed, and one that
-does not match (a crash lost it) is fetched again.  Chunks are never served
-from here: the store serves only ``blobs/``.  :meth:`finish` checks the whole
+does not match (a crash lost it) is fetched again.  While a peer pull
+(chunk digests known from the manifest) has it open, the store's
+:meth:`~swarmd.models.store.ModelStore.served_blob` hands it to the data
+plane, which serves only ranges inside chunks already verified and written
+(:meth:`covers`); it is never listed in the inventory nor given to an
+engine, which see only ``blobs/``.  :meth:`finish` checks the whole
 file's sha256, fsyncs it, renames it into ``blobs/sha256/<hex>`` (mode 0444)
 and fsyncs the directory.
 
@@ -144,6 +148,23 @@ class PartialBlob:
                 raise OSError(f"{self.part_path} is shorter than {end} bytes")
             self._hasher.update(data)
             self._hashed += len(data)
+
+    # -- serving verified chunks to peers (the data plane's PartialFile)
+    @property
+    def chunk_size(self) -> int:
+        return CHUNK_SIZE
+
+    def covers(self, start: int, end: int) -> bool:
+        """Whether bytes ``[start, end)`` lie inside chunks verified and written."""
+        if not 0 <= start < end <= self.size:
+            return False
+        with self._lock:
+            return all(i in self.done for i in range(start // CHUNK_SIZE,
+                                                     (end - 1) // CHUNK_SIZE + 1))
+
+    def have_chunks(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self.done)
 
     # -- writing
     def missing(self) -> list[int]:

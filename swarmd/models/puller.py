@@ -37,7 +37,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from swarmd.models.fetch import BlobTarget, FetchError, RateLimiter, SourceError, fetch_blob
+from swarmd.models.fetch import (
+    BlobTarget,
+    FetchError,
+    FetchResult,
+    RateLimiter,
+    SourceError,
+    fetch_blob,
+    fetch_swarm,
+)
 from swarmd.models.manifest import (
     MAX_FILE_SIZE,
     MAX_FILES,
@@ -195,10 +203,11 @@ class Puller:
         self.store.pin(known)
         pinned: list[str] = []  # blobs fetch_blob pinned for us until the manifest is in
         dropped: collections.Counter[str] = collections.Counter()  # this pull's bad sources
+        served: collections.Counter[str] = collections.Counter()  # bytes per peer (swarm)
         try:
             needed = self.needed_bytes(plan)
             self.store.reserve(needed)
-            entries = self._fetch_all(plan, progress, cancel, pinned, dropped)
+            entries = self._fetch_all(plan, progress, cancel, pinned, dropped, served)
             progress({"status": "verifying", "name": model_name})
             files = [(e.path, self.store.blob_file(e.sha256)) for e in entries]
             try:
@@ -221,17 +230,23 @@ class Puller:
             self.store.unpin(pinned)
             self.store.gc()
         done = self._done(model)
+        if served:  # a peer pull: bytes each peer (full or partial holder) served
+            done["served_by"] = dict(served)
+            log.info("pulled from peers", extra={"fields": {
+                "model": model.manifest.name,
+                "served_by": ",".join(f"{k}={v}" for k, v in served.items())}})
         if dropped:  # sources that served bad bytes (peers: corrupt copies), dropped
             done["dropped_sources"] = dict(dropped)
             log.warning("pull dropped sources that served bad bytes",
-                        extra={"model": model.manifest.name,
-                               "sources": ",".join(f"{k}={v}" for k, v in dropped.items())})
+                        extra={"fields": {"model": model.manifest.name, "sources": ",".join(
+                            f"{k}={v}" for k, v in dropped.items())}})
         progress(done)
         return model
 
     def _fetch_all(self, plan: Plan, progress: Callable[[Event], None],
                    cancel: threading.Event, pinned: list[str],
-                   dropped: collections.Counter[str]) -> list[FileEntry]:
+                   dropped: collections.Counter[str],
+                   served: collections.Counter[str]) -> list[FileEntry]:
         meter = _Meter(plan, progress)
         entries: list[FileEntry] = []
         for f in plan.files:
@@ -240,13 +255,19 @@ class Puller:
                 sha = self._import_local(f)
                 meter.report(f.size)
             else:
-                sources = list(f.sources()) if f.sources is not None else [f.open()]
-                meter.labels = list(dict.fromkeys(s.label for s in sources))
                 target = BlobTarget(key=self._key(f), size=f.size, sha256=f.sha256,
                                     chunks=f.chunks, label=f.path)
+                res: FetchResult
                 try:
-                    res = fetch_blob(self.store, target, sources, progress=meter.report,
-                                     cancel=cancel, limiter=self.limiter)
+                    if f.swarm is not None:
+                        res = fetch_swarm(self.store, target, f.swarm(), progress=meter.report,
+                                          cancel=cancel, limiter=self.limiter,
+                                          on_source=meter.labels.append)
+                    else:
+                        sources = list(f.sources()) if f.sources is not None else [f.open()]
+                        meter.labels = list(dict.fromkeys(s.label for s in sources))
+                        res = fetch_blob(self.store, target, sources, progress=meter.report,
+                                         cancel=cancel, limiter=self.limiter)
                 except FetchError as exc:
                     self.bad_sources.update(exc.bad_sources)
                     dropped.update(exc.bad_sources)
@@ -256,6 +277,7 @@ class Puller:
                     pinned.append(sha)
                 self.bad_sources.update(res.bad_sources)
                 dropped.update(res.bad_sources)
+                served.update(res.served)
             self._verify_file(f, sha)
             entries.append(FileEntry(f.path, f.size, sha, self.store.chunk_list(sha)))
             meter.end_file()

@@ -25,18 +25,22 @@ then checks the file system's free space, and raises :class:`NoSpaceError`
 naming the bytes needed when either cannot be met.
 
 For the data plane, :meth:`open_blob` / :meth:`read_range` give a complete,
-verified blob by digest -- never a partial one.
+verified blob by digest -- never a partial one.  :meth:`served_blob` (the
+data plane server's ``blob_path``) also names a blob a peer pull is still
+fetching (:meth:`serving`): the server sends only its verified chunks, so
+pullers feed each other; nothing else in the store sees it.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -125,6 +129,7 @@ class ModelStore:
         self.clock = clock
         self._pins: dict[str, int] = {}
         self._pin_lock = threading.Lock()
+        self._serving: dict[str, PartialBlob] = {}  # blob hex -> open partial of a peer pull
         for sub in ("blobs/sha256", "chunks", "partial", "manifests", "models", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -135,9 +140,10 @@ class ModelStore:
     def has_blob(self, digest: str) -> bool:
         return self.blob_file(digest).is_file()
 
-    def served_blob(self, digest: str) -> Path | None:
+    def served_blob(self, digest: str) -> Path | PartialBlob | None:
         """The file of a complete, verified blob -- or of a stored manifest, which
-        is named by the sha256 of its bytes too -- or None (never a partial one):
+        is named by the sha256 of its bytes too -- or the open partial of a blob
+        a peer pull is fetching (whose verified chunks may be served), or None:
         the data plane server's ``blob_path``, so peers fetch manifests and blobs
         alike by digest."""
         try:
@@ -147,7 +153,23 @@ class ModelStore:
         if p.is_file():
             return p
         m = self.root / "manifests" / f"{p.name}.json"
-        return m if m.is_file() else None
+        if m.is_file():
+            return m
+        with self._pin_lock:
+            return self._serving.get(p.name)
+
+    @contextlib.contextmanager
+    def serving(self, digest: str, partial: PartialBlob) -> Iterator[None]:
+        """While inside, :meth:`served_blob` offers ``partial``'s verified chunks."""
+        h = hex_of(digest)
+        with self._pin_lock:
+            self._serving[h] = partial
+        try:
+            yield
+        finally:
+            with self._pin_lock:
+                if self._serving.get(h) is partial:
+                    del self._serving[h]
 
     def open_blob(self, digest: str) -> BinaryIO:
         """A complete, verified blob opened for reading; NotFound otherwise."""

@@ -8,20 +8,31 @@ is the :class:`~swarmd.models.puller.Puller`'s ``peer_plan(ref)`` and runs in
 the pull's worker thread; ``ref`` is a model name (or ``sha256:`` digest) or
 the canonical text of a source spec.
 
-1. Holders: alive peers with a data-plane address whose inventory lists a
+1. Holders: alive (or suspect) peers with a data-plane address whose inventory lists a
    manifest matching ``ref`` -- by name or digest straight from the
    inventory; by source through the manifests themselves, fetched once per
    digest (``GET /dp/1/blobs/<manifest hex>``, verified against the digest,
    then the strict manifest decoder) and cached: a digest names its bytes
    forever.
 2. The plan (:func:`~swarmd.models.sources.peers.manifest_plan`): every
-   file carries its sha256 and chunk digests, and one :class:`PeerSource`
-   per holder.  The fetch engine runs one worker per source on a shared
-   chunk queue, so fast peers take more chunks; each chunk is a ranged read
+   file carries its sha256 and chunk digests, and a :class:`PeerSwarm`:
+   the fetch engine (:func:`~swarmd.models.fetch.fetch_swarm`) polls it
+   every 0.5 s for who holds which chunks.  Its holders are the full copies
+   of the plan plus **partial holders**: nodes still pulling the same blob,
+   which serve the chunks they have verified.  They are found through the
+   data plane's ``have`` request (``GET /dp/1/have/<blob hex>``): a node
+   answers with its chunk bitmap and the members that asked it about that
+   blob in the last minute (every puller asks the full holders, so the full
+   holders introduce the pullers to each other; partial holders' answers
+   name more).  Each chunk is a ranged read
    (:meth:`~swarmd.dataplane.client.DataPlaneClient.fetch_range`, up to
-   :data:`STREAMS_PER_PEER` at once per holder) written at its offset and verified against its digest on arrival; a peer that
-   serves a bad chunk is dropped and counted (``bad_sources``) and its chunk
-   goes back to the others.  ``[models] max_transfer_rate`` paces it all.
+   :data:`STREAMS_PER_PEER` at once per holder and :data:`STREAMS_PER_PULL`
+   in all), rarest chunk first, from the least loaded holder that has it
+   (:mod:`swarmd.models.chunkboard`), written at its offset and verified
+   against its digest on arrival; a peer that serves a bad chunk is dropped
+   and counted (``bad_sources``) and its chunk goes back to the others.
+   Meanwhile this node serves its own verified chunks to the other pullers.
+   ``[models] max_transfer_rate`` paces it all.
 3. The data-plane calls are coroutines on the asyncio loop; the worker
    thread waits on them (``run_coroutine_threadsafe``).
 
@@ -40,10 +51,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from swarmd.core.snapshot import Snapshot
+from swarmd.dataplane import wire
 from swarmd.dataplane.client import BlobError, DataPlaneClient
-from swarmd.models.fetch import AnySource, SourceError
+from swarmd.models.fetch import AnySource, BadBytes, Gone, Holder, SourceError, WritingSource
 from swarmd.models.inventory import parse_inventory
-from swarmd.models.manifest import FileEntry, Manifest, ManifestError, decode
+from swarmd.models.manifest import CHUNK_SIZE, FileEntry, Manifest, ManifestError, decode
 from swarmd.models.sources.base import Plan
 from swarmd.models.sources.peers import manifest_plan
 
@@ -57,6 +69,13 @@ CHUNK_WITHIN = 120.0
 #: entry); a few keep the pipe full.  Measured on loopback, Gemma 253 MB from
 #: one peer: 1 stream 3.0 s, 3 streams see bench/peer_pull.py.
 STREAMS_PER_PEER = 3
+#: Chunk reads in flight per pull, over all holders: more streams cost CPU
+#: per byte (smaller reads, more wake-ups) without filling the pipe better.
+STREAMS_PER_PULL = 6
+#: Seconds one ``have`` poll may take (all peers asked at once).
+HAVE_WITHIN = 2.0
+#: Most partial holders asked per poll.
+MAX_PARTIAL_PEERS = 16
 
 
 class PeerSource:
@@ -74,7 +93,74 @@ class PeerSource:
                 self.node_id, self.sha256, offset, offset + length, dest, expect=expect,
                 within=CHUNK_WITHIN))
         except BlobError as exc:
-            raise SourceError(f"{self.label}: {exc}") from None
+            kind = {"altered": BadBytes, "not_found": Gone, "incomplete": Gone,
+                    "range": Gone}.get(exc.reason, SourceError)
+            raise kind(f"{self.label}: {exc}") from None
+
+
+class PeerSwarm:
+    """The holders of one blob for :func:`~swarmd.models.fetch.fetch_swarm`: the
+    plan's full holders, and the partial holders found through ``have``."""
+
+    per_peer = STREAMS_PER_PEER
+    streams = STREAMS_PER_PULL
+
+    def __init__(self, peers: PeerModels, sha256: str, size: int,
+                 full: list[tuple[str, str]]) -> None:
+        self.peers = peers
+        self.sha256 = sha256
+        self.size = size
+        self.full = dict(full)  # node id -> name
+        self.partial: dict[str, str] = {}  # candidates: node id -> name
+
+    def source(self, key: str) -> WritingSource:
+        return PeerSource(self.peers, key, self.full.get(key) or self.partial.get(key, ""),
+                          self.sha256)
+
+    def _ask(self, ids: list[str]) -> list[Any]:
+        async def one(node_id: str) -> Any:
+            try:
+                return await self.peers.client.have(node_id, self.sha256, within=HAVE_WITHIN)
+            except BlobError as exc:
+                return exc
+
+        async def every() -> list[Any]:
+            return list(await asyncio.gather(*(one(n) for n in ids)))
+
+        return self.peers.run(every(), timeout=HAVE_WITHIN + 1.0)
+
+    def holders(self) -> list[Holder]:
+        alive = {node_id: name for node_id, name, _ in self.peers._peers(any_inventory=True)}
+        # A full holder membership does not call alive now is left out of this
+        # poll (its streams fail and it is benched; it is back once alive).
+        out = [Holder(n, f"peer {name or n[-8:]}", None) for n, name in self.full.items()
+               if n in alive]
+        asked: set[str] = set()
+        todo = list(self.full)
+        for _round in range(2):  # peers named in the first answers are asked at once
+            ids = [n for n in todo if n in alive and n not in asked][:MAX_PARTIAL_PEERS + 8]
+            if not ids:
+                break
+            asked.update(ids)
+            todo = []
+            try:
+                answers = self._ask(ids)
+            except BlobError:
+                break
+            for node_id, ans in zip(ids, answers, strict=True):
+                if not isinstance(ans, wire.Have):
+                    continue
+                for p in ans.peers:
+                    if p in alive and p not in self.full and p not in asked:
+                        self.partial.setdefault(p, alive[p])
+                        todo.append(p)
+                if node_id in self.full or ans.chunk_size != CHUNK_SIZE or \
+                        ans.size != self.size:
+                    continue
+                name = alive[node_id]
+                out.append(Holder(node_id, f"peer {name or node_id[-8:]}", ans.chunks))
+            todo += [n for n in self.partial if n not in asked][:MAX_PARTIAL_PEERS]
+        return out
 
 
 class PeerModels:
@@ -96,14 +182,17 @@ class PeerModels:
             fut.cancel()
             raise BlobError("timeout", "no answer in time") from None
 
-    def _peers(self) -> list[tuple[str, str, dict[str, tuple[str, ...]]]]:
-        """(node id, name, inventory) of alive peers with a data plane."""
+    def _peers(self, any_inventory: bool = False,
+               ) -> list[tuple[str, str, dict[str, tuple[str, ...]]]]:
+        """(node id, name, inventory) of alive or suspect peers (admission
+        serves both, and a busy node is often suspect for a moment) with a data
+        plane and a non-empty inventory (any inventory with ``any_inventory``)."""
         out = []
         for n in self.snapshot().nodes:
-            if n.is_self or n.state != "alive" or not n.info.dp:
+            if n.is_self or n.state not in ("alive", "suspect") or not n.info.dp:
                 continue
             inv = parse_inventory(n.record.get("models"))
-            if inv:
+            if inv or any_inventory:
                 out.append((n.node_id, n.name, inv))
         return out
 
@@ -117,7 +206,8 @@ class PeerModels:
                 manifest = decode(raw)
             except (BlobError, ManifestError) as exc:
                 log.info("peer manifest unusable",
-                         extra={"node": node_id[-8:], "digest": hexd[:12], "error": str(exc)})
+                         extra={"fields": {"node": node_id[-8:], "digest": hexd[:12],
+                                            "error": str(exc)}})
                 continue
             self._manifests[hexd] = manifest
             return manifest
@@ -141,8 +231,8 @@ class PeerModels:
                 continue
             if not named and manifest.source != ref:
                 continue
-            log.info("pulling from peers", extra={
-                "ref": ref, "digest": hexd[:12], "peers": ",".join(n for _, n in holders)})
+            log.info("pulling from peers", extra={"fields": {
+                "ref": ref, "digest": hexd[:12], "peers": ",".join(n for _, n in holders)}})
 
             def sources(f: FileEntry, holders: list[tuple[str, str]] = holders,
                         ) -> list[AnySource]:
@@ -151,7 +241,10 @@ class PeerModels:
                 return [PeerSource(self, node_id, name, f.sha256)
                         for _ in range(STREAMS_PER_PEER) for node_id, name in holders]
 
-            return manifest_plan(manifest, sources)
+            def swarm(f: FileEntry, holders: list[tuple[str, str]] = holders) -> PeerSwarm:
+                return PeerSwarm(self, f.sha256, f.size, holders)
+
+            return manifest_plan(manifest, sources, swarm)
         return None
 
     # -- other nodes' stores (swarmctl rm --node / --everywhere) -------------------------

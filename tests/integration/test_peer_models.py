@@ -8,19 +8,25 @@ fourth node pulls by name from nodes 1, 2 and 3 at once with nodes 1 and 3
 corrupted on disk: each bad chunk is detected on arrival, its peer dropped
 and named in the pull's result, the chunk comes from node 2, and the stored
 model is still byte-identical.
+
+Separately (three more daemons, another swarm): a node still pulling the model
+(throttled by ``[models] max_transfer_rate``) serves the chunks it has already
+verified to a second puller, which finishes first, byte-identical.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from swarmd.models.manifest import CHUNK_SIZE
-from swarmd.testing.daemon import Daemon, wait_for
+from swarmd.testing.daemon import VENV_BIN, Daemon, wait_for
 from swarmd.testing.hub_servers import file_server, gemma_gguf
 
 pytestmark = [pytest.mark.integration]
@@ -78,7 +84,8 @@ def test_pulled_once_then_from_the_swarm(nodes: list[Daemon]) -> None:
     by_url = _pull(n3, url, "--name", "gemma")  # the same source, offline: from peers
     assert by_url["digest"] == first["digest"]
     assert _blob(n3, sha).read_bytes() == path.read_bytes()
-    assert sorted(_stored_on(n4, "gemma")) == sorted(d.node_id for d in (n1, n2, n3))
+    wait_for(lambda: sorted(_stored_on(n4, "gemma")) == sorted(d.node_id for d in (n1, n2, n3)),
+             20, what="n4 sees the copies on n1, n2 and n3")
 
     # Corrupt every chunk of n1's and n3's copies on disk (a byte each); n4
     # pulls from n1, n2 and n3 at once: both bad peers are dropped on their
@@ -138,3 +145,69 @@ def test_rm_on_another_node_and_everywhere(nodes: list[Daemon]) -> None:
     assert sorted(x["node"] for x in done) == sorted(d.node_id for d in (n1, n2, n3))
     assert all(x["status"] == 200 for x in done)
     wait_for(lambda: _stored_on(n1, "gemma") == [], 20, what="gemma gone everywhere")
+
+
+RELAY_SECRET = secrets.token_hex(32)
+#: r2's pull rate: Gemma's 253 MB take it about 21 s, so it is mid-transfer for long.
+SLOW = 12_000_000
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Daemon]]:
+    root = tmp_path_factory.mktemp("relay")
+    first = Daemon(root, "r1", secret=RELAY_SECRET).start()
+    ds = [first,
+          Daemon(root, "r2", secret=RELAY_SECRET, seeds=[first.seed],
+                 extra_toml=f"[models]\nmax_transfer_rate = {SLOW}\n").start(),
+          Daemon(root, "r3", secret=RELAY_SECRET, seeds=[first.seed]).start()]
+    try:
+        wait_for(lambda: all(len([n for n in d.status()["nodes"] if n["state"] == "alive"]) == 3
+                             for d in ds), 30, what="3 nodes alive")
+        yield ds
+    finally:
+        for d in ds:
+            if d.alive():
+                d.kill()
+
+
+def _journal_chunks(d: Daemon, sha: str) -> int:
+    try:
+        doc = json.loads((d.dir / "data" / "models" / "partial" / f"sha256-{sha}.json")
+                         .read_text())
+    except (OSError, ValueError):
+        return 0
+    return len(doc.get("chunks") or {})
+
+
+def test_a_node_still_pulling_serves_its_verified_chunks(relay: list[Daemon]) -> None:
+    r1, r2, r3 = relay
+    path, sha = gemma_gguf()
+    with file_server({"/gemma.gguf": path}) as srv:
+        _pull(r1, srv.url + "/gemma.gguf", "--name", "gemma")
+    wait_for(lambda: _stored_on(r2, "gemma") == [r1.node_id] == _stored_on(r3, "gemma"), 20,
+             what="r2 and r3 see gemma on r1")
+    slow = subprocess.Popen([str(VENV_BIN / "swarmctl"), "--socket", str(r2.socket), "pull",
+                             "gemma", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for(lambda: _journal_chunks(r2, sha) >= 2, 60, what="r2 holds 2 verified chunks")
+        assert not _blob(r2, sha).exists()  # r2's copy is partial ...
+        assert r2.node_id not in _stored_on(r3, "gemma")  # ... and not in its inventory
+        t0 = time.monotonic()
+        got = _pull(r3, "gemma")  # from r1 (complete) and r2 (still pulling)
+        fast = time.monotonic() - t0
+        assert slow.poll() is None, "r2 finished first: nothing showed it serving mid-pull"
+        served = got["served_by"]
+        assert served.get("peer r2", 0) >= CHUNK_SIZE, got  # verified chunks from r2
+        assert sum(served.values()) == path.stat().st_size, got
+        assert _blob(r3, sha).read_bytes() == path.read_bytes()
+        out, err = slow.communicate(timeout=120)
+        assert slow.returncode == 0, out + err + r2.log()
+        done = json.loads(out.strip().splitlines()[-1])
+        assert done["status"] == "success" and done["digest"] == got["digest"]
+        assert _blob(r2, sha).read_bytes() == path.read_bytes()
+        assert fast < 60, fast
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.wait(5)

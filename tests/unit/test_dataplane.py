@@ -484,3 +484,79 @@ def test_lying_peer_streams_are_detected(mode: str, reason: str, tmp_path: Path)
             await client.close()
             srv.close()
     run(go)
+
+
+class _Partial:
+    """A blob being fetched, shaped like the store's PartialBlob (1 MiB chunks here)."""
+
+    chunk_size = 1024 * 1024
+
+    def __init__(self, part_path: Path, size: int, done: set[int]) -> None:
+        self.part_path, self.size, self.done = part_path, size, done
+
+    def covers(self, start: int, end: int) -> bool:
+        cs = self.chunk_size
+        return 0 <= start < end <= self.size and all(
+            i in self.done for i in range(start // cs, (end - 1) // cs + 1))
+
+    def have_chunks(self) -> frozenset[int]:
+        return frozenset(self.done)
+
+
+def test_a_partial_blob_serves_verified_chunks_only_and_have_names_other_askers(
+        blob: tuple[Path, str, bytes], tmp_path: Path) -> None:
+    path, digest, data = blob  # 5 MiB + 123: six 1 MiB chunks
+    mib = 1024 * 1024
+    part = tmp_path / "blob.part"
+    with open(part, "wb") as f:  # chunks 0 and 2 written; the rest is not there yet
+        f.write(data[:mib])
+        f.seek(2 * mib)
+        f.write(data[2 * mib:3 * mib])
+    partial = _Partial(part, len(data), {0, 2})
+    full_data = os.urandom(3 * mib)
+    full_path = tmp_path / "full"
+    full_path.write_bytes(full_data)
+    full_digest = hashlib.sha256(full_data).hexdigest()
+    C = Identity.generate()
+
+    async def go() -> None:
+        async with net(blobs={digest: partial, full_digest: full_path}) as n:  # type: ignore[dict-item]
+            dest = tmp_path / "dest"
+            for a, b in ((0, mib), (2 * mib, 3 * mib), (2 * mib + 5, 2 * mib + 99)):
+                want = hashlib.sha256(data[a:b]).hexdigest()
+                r = await n.client.fetch_range(B.peer_id, digest, a, b, dest, expect=want)
+                assert r.nbytes == b - a
+            for a, b in ((mib, 2 * mib), (0, 3 * mib), (3 * mib - 1, 3 * mib + 1),
+                         (0, len(data))):  # touches chunk 1 or 3: not verified there
+                with pytest.raises(BlobError) as ei:
+                    await n.client.fetch_range(B.peer_id, digest, a, b, tmp_path / "x",
+                                               expect="0" * 64)
+                assert ei.value.reason == "incomplete", (a, b)
+            assert n.server.stats["incomplete"] == 4 and n.server.stats["partial_reads"] == 3
+            have = await n.client.have(B.peer_id, digest)
+            assert (have.size, have.chunk_size, have.chunks) == (len(data), mib,
+                                                                 frozenset({0, 2}))
+            assert have.peers == ()  # only A asked, and A is not told of itself
+            # Another member asks: the answer names A, which read that blob.
+            n.alive.add(C.peer_id)
+            other = DataPlaneClient(node_cert(C, SECRET), lambda p: p in n.alive,
+                                    lambda x: ("127.0.0.1", n.server.port))
+            try:
+                seen = await other.have(B.peer_id, digest)
+                assert seen.peers == (A.peer_id,) and seen.chunks == frozenset({0, 2})
+                assert (await n.client.have(B.peer_id, digest)).peers == (C.peer_id,)
+                n.alive.discard(C.peer_id)  # a member gone is not named any more
+                assert (await n.client.have(B.peer_id, digest)).peers == ()
+            finally:
+                await other.close()
+            whole = await n.client.have(B.peer_id, full_digest)
+            assert whole.chunks is None and whole.size == len(full_data)
+            with pytest.raises(BlobError) as ei:
+                await n.client.have(B.peer_id, "0" * 64)
+            assert ei.value.reason == "not_found"
+            part.write_bytes(data)
+            partial.done.update({1, 3, 4, 5})  # verified meanwhile: now served whole
+            out = tmp_path / "all"
+            await n.client.fetch_range(B.peer_id, digest, 0, len(data), out)
+            assert out.read_bytes() == data
+    run(go)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swarmd.models.fetch import AnySource, RangeSource, SourceError
+from swarmd.models.fetch import AnySource, ChunkSwarm, RangeSource, SourceError
 
 PIECE = 1024 * 1024
 
@@ -41,6 +41,9 @@ class RemoteFile:
     chunks: tuple[str, ...] | None = None  # chunk digests, when a manifest gives them (peers)
     #: Several sources at once (peers holding the blob); when set, ``open`` is unused.
     sources: Callable[[], Sequence[AnySource]] | None = None
+    #: Peers that change while the file is fetched (full and partial holders,
+    #: :func:`~swarmd.models.fetch.fetch_swarm`); when set, used instead of ``sources``.
+    swarm: Callable[[], ChunkSwarm] | None = None
 
 
 @dataclass
