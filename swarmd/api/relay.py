@@ -1,7 +1,9 @@
 """Relaying a committed exchange to the OpenAI client (the proxy's last step).
 
-Headers first (with ``X-Request-Id`` and where it ran), then the body as it
-comes.  The request is *booked* -- the exchange closed, which writes its
+Headers (with ``X-Request-Id`` and where it ran), then the body as it comes.
+A stream's headers go out at once; a JSON answer's go out with its body, and
+the last bytes of either go out together with the end of the message, so a
+small JSON answer is one send to the client instead of three.  The request is *booked* -- the exchange closed, which writes its
 usage record and settles its limits -- before the client can see the answer
 end: before the final ``data: [DONE]`` event of a stream, before the last
 chunk of a JSON body.  So a node killed right after a client got its answer
@@ -23,17 +25,25 @@ from swarmd.api.upstream import UpstreamError
 log = logging.getLogger("swarmd.api")
 
 
+class _HeadersWithBody(web.StreamResponse):
+    """A StreamResponse whose headers wait for the first body bytes (as
+    ``web.Response``'s do), so they share one write."""
+
+    _send_headers_immediately = False
+
+
 async def relay(request: web.Request, ex: Exchange, rid: str,
                 count_error: Callable[[str], None]) -> web.StreamResponse:
-    resp = web.StreamResponse(status=ex.status)
+    sse = any(k.lower() == "content-type" and v.startswith("text/event-stream")
+              for k, v in ex.headers)
+    resp = (web.StreamResponse if sse else _HeadersWithBody)(status=ex.status)
     for k, v in ex.headers:
         resp.headers.add(k, v)
     resp.headers["X-Request-Id"] = rid
     resp.headers["X-Swarmd-Node"] = ex.node_id
     resp.headers["X-Swarmd-Engine"] = ex.engine_id
     resp.headers["X-Swarmd-Queue-Wait"] = f"{ex.queue_wait:.3f}"
-    ctype = resp.headers.get("Content-Type", "")
-    sse = ctype.startswith("text/event-stream")
+    last = b""  # the final bytes, sent with the end of the message
     try:
         await resp.prepare(request)
         ex.sent_status = resp.status
@@ -49,6 +59,8 @@ async def relay(request: web.Request, ex: Exchange, rid: str,
                         chunk += rest
                         rest = await ex.read()
                     await ex.aclose()
+                    last = chunk
+                    break
                 await resp.write(chunk)
                 chunk = await ex.read()
         else:
@@ -59,9 +71,11 @@ async def relay(request: web.Request, ex: Exchange, rid: str,
                 nxt = await ex.read()
                 if not nxt:
                     await ex.aclose()
+                    last = chunk
+                    break
                 await resp.write(chunk)
                 chunk = nxt
-        await ex.aclose()  # booked before the final chunk (write_eof) goes out
+        await ex.aclose()  # booked before the final bytes (write_eof) go out
     except UpstreamError as exc:
         code = "upstream_timeout" if exc.kind == "timeout" else "upstream_error"
         count_error("midstream_" + code)
@@ -81,7 +95,7 @@ async def relay(request: web.Request, ex: Exchange, rid: str,
         log.debug("client went away during the answer", extra={"request_id": rid})
         return resp
     try:
-        await resp.write_eof()
+        await resp.write_eof(last)
     except ConnectionError:
         pass  # the client closed a finished answer: not an error
     return resp
