@@ -196,3 +196,15 @@ def test_relayed_headers_drop_hop_by_hop_and_plane_headers() -> None:
                                 ("Connection", "close"), ("X-Other", "1")])
     assert got == [("Content-Type", "text/event-stream"), ("Content-Length", "5"),
                    ("X-Other", "1")]
+
+
+def test_have_answers_match_the_vectors() -> None:
+    for v in V["have"]["valid"]:
+        chunks = None if v["chunks"] is None else frozenset(v["chunks"])
+        have = wire.Have(v["size"], v["chunk_size"], chunks, tuple(v["peers"]))
+        assert wire.encode_have(have).decode() == v["body"]
+        assert wire.decode_have(v["body"].encode()) == have
+        assert wire.have_path("ab" * 32) == v["path"]
+    for junk in V["have"]["invalid"]:
+        with pytest.raises(wire.WireError):
+            wire.decode_have(junk.encode())

@@ -86,6 +86,18 @@ def main() -> None:
                               "retry_after": err.retry_after, "status": err.status,
                               "http_status": status, "headers": [list(p) for p in headers],
                               "body": body.decode()})
+    out["have"] = {"valid": [], "invalid": [
+        '[]', '{', '{"size":-1,"chunk_size":1,"complete":true}',
+        '{"size":1,"chunk_size":0,"complete":true}', '{"size":1,"chunk_size":1,"complete":1}',
+        '{"size":10,"chunk_size":1,"complete":false}',
+        '{"size":10,"chunk_size":1,"complete":false,"chunks":"!!"}',
+        '{"size":1099511627776,"chunk_size":1,"complete":true}']}
+    for have in (wire.Have(10 * 16_777_216 - 5, 16_777_216, frozenset({0, 9}), ("12D3KooWabc",)),
+                 wire.Have(5, 16_777_216, None)):
+        out["have"]["valid"].append({
+            "size": have.size, "chunk_size": have.chunk_size, "peers": list(have.peers),
+            "chunks": None if have.chunks is None else sorted(have.chunks),
+            "path": wire.have_path("ab" * 32), "body": wire.encode_have(have).decode()})
     path = Path(__file__).with_name("vectors.json")
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")
