@@ -235,7 +235,7 @@ def curl_rows(url: str, out: Path, sender_pid: int, rounds: int) -> tuple[float,
 
 def run(a: argparse.Namespace, work: Path, procs: Procs, daemons: list[Daemon],
         pulls: list[Pull]) -> None:
-    path, sha = gemma_gguf()
+    path, sha = (a.model, sha256_file(a.model)) if a.model else gemma_gguf()
     size = path.stat().st_size
     rows: list[Row] = []
     nodes = work / "nodes"
@@ -397,6 +397,9 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fanout", type=int, default=4, help="fresh nodes pulling at once")
     ap.add_argument("--curl-rounds", type=int, default=3, help="curl fetches per reference")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a GGUF file to move instead of Gemma (e.g. a bigger one, to see "
+                         "that the daemons' RSS does not grow with the file)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the daemons' logs and dirs "
                     "(without the model blobs)")
     a = ap.parse_args()
