@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -223,21 +224,42 @@ class Deployer:
                 threads=self.threads, devices=own_devices(self._snapshot(), self.node_id))
             if eid not in self._engine_ids.values():
                 self._engine_ids[model] = self.engines.add(spec)
-            state.update(state="ready", reason="", port=m.port,
+            state.update(reason="", port=m.port,
                          memory_bytes=sum(f.size for f in stored.manifest.files))
-            self._report()
+            was = ""
             while True:  # watch: a crash-restart shows as loading, a give-up as failed
-                await asyncio.sleep(0.5)
                 if m.state == "failed":
                     raise RuntimeError(m.reason)
-                state["state"] = "ready" if m.state == "ready" else "loading"
+                if m.state == "ready" and was != "ready":
+                    if spec.url != m.url and not self.launcher.borrowed(eid):
+                        # a restart takes a new port: point routing at it
+                        old = self._engine_ids.pop(model, None)
+                        if old is not None:
+                            self.engines.remove(old)
+                        spec = dataclasses.replace(spec, url=m.url)
+                        self._engine_ids[model] = self.engines.add(spec)
+                        state["port"] = m.port
+                    self.engines.poke()  # (re)started: route to it as soon as it answers
+                was = m.state
+                # "ready" only once routing sees it healthy, not just the supervisor
+                state["state"] = "ready" if m.state == "ready" and self._serving(model) \
+                    else "loading"
                 self._report()
+                await asyncio.sleep(0.2 if state["state"] != "ready" else 0.5)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 -- reported, not fatal
             state.update(state="failed", reason=str(exc)[:300])
             log.warning("deployment of %s failed here: %s", model, exc)
             self._report()
+
+    def _serving(self, model: str) -> bool:
+        """Does the engine manager (so routing, once gossiped) see it healthy?"""
+        eid = self._engine_ids.get(model)
+        try:
+            return eid is not None and self.engines.get(eid).healthy
+        except KeyError:
+            return False
 
     async def _take_down(self, model: str) -> None:
         st = self.local.pop(model, None)

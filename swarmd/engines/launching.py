@@ -191,6 +191,10 @@ class Launcher:
         return m, EngineSpec(kind=d.kind, url=url, id=engine_id, models=(model,),
                              capacity=capacity, options=options)
 
+    def borrowed(self, engine_id: str) -> bool:
+        """Is ``engine_id`` a server swarmd found running rather than launched?"""
+        return engine_id in self._borrowed
+
     async def stop(self, engine_id: str) -> None:
         """Stop what :meth:`start` started; unload the model from a borrowed server."""
         b = self._borrowed.pop(engine_id, None)
