@@ -462,6 +462,7 @@ class DataPlaneClient:
                 os.close(fd)
             else:
                 os.close(fd)
+            reader.discard()
         if got != end - start:
             raise BlobError("truncated", f"got {got} of {end - start} bytes")
         if h.hexdigest() != want:
