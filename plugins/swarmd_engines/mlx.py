@@ -36,17 +36,14 @@ class MlxEngine(OpenAICompatEngine):
     kind: ClassVar[str] = "mlx"
     max_tokens_field: ClassVar[str] = "max_tokens"  # ignores max_completion_tokens
     default_ports: ClassVar[tuple[int, ...]] = (8080,)
+    launch_exe: ClassVar[str] = "mlx_lm.server"
     launch_formats: ClassVar[tuple[str, ...]] = ("mlx",)
-
-    @classmethod
-    def launch_available(cls) -> bool:
-        return shutil.which("mlx_lm.server") is not None
 
     @classmethod
     def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
                        threads: int = 0, chat_format: str = "",
                        memory_fraction: float = 0.0) -> list[str] | None:
-        exe = shutil.which("mlx_lm.server")
+        exe = shutil.which(cls.launch_exe)
         if exe is None:
             return None
         return [exe, "--model", cls.launched_name(model_path, model_id), "--host", "127.0.0.1",

@@ -137,19 +137,16 @@ class OllamaEngine(OpenAICompatEngine):
     kind: ClassVar[str] = "ollama"
     default_ports: ClassVar[tuple[int, ...]] = (11434,)
     max_tokens_field: ClassVar[str] = "max_tokens"
+    launch_exe: ClassVar[str] = "ollama"
     launch_formats: ClassVar[tuple[str, ...]] = ("gguf",)
 
     # -- launched by swarmd (see the module docstring) ----------------------------
 
     @classmethod
-    def launch_available(cls) -> bool:
-        return shutil.which("ollama") is not None
-
-    @classmethod
     def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
                        threads: int = 0, chat_format: str = "",
                        memory_fraction: float = 0.0) -> list[str] | None:
-        exe = shutil.which("ollama")
+        exe = shutil.which(cls.launch_exe)
         return [exe, "serve"] if exe else None
 
     @classmethod

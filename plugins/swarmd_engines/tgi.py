@@ -49,17 +49,14 @@ class TgiEngine(OpenAICompatEngine):
     kind: ClassVar[str] = "tgi"
     max_tokens_field: ClassVar[str] = "max_tokens"  # ignores max_completion_tokens
     default_ports: ClassVar[tuple[int, ...]] = (3000, 8080)
+    launch_exe: ClassVar[str] = "text-generation-launcher"
     launch_formats: ClassVar[tuple[str, ...]] = ("safetensors",)
-
-    @classmethod
-    def launch_available(cls) -> bool:
-        return shutil.which("text-generation-launcher") is not None
 
     @classmethod
     def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
                        threads: int = 0, chat_format: str = "",
                        memory_fraction: float = 0.0) -> list[str] | None:
-        exe = shutil.which("text-generation-launcher")
+        exe = shutil.which(cls.launch_exe)
         if exe is None:
             return None
         ctx = max(2, ctx)

@@ -35,17 +35,14 @@ from swarmd.engines.openai_compat import OpenAICompatEngine
 class VllmEngine(OpenAICompatEngine):
     kind: ClassVar[str] = "vllm"
     default_ports: ClassVar[tuple[int, ...]] = (8000,)
+    launch_exe: ClassVar[str] = "vllm"
     launch_formats: ClassVar[tuple[str, ...]] = ("safetensors",)
-
-    @classmethod
-    def launch_available(cls) -> bool:
-        return shutil.which("vllm") is not None
 
     @classmethod
     def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
                        threads: int = 0, chat_format: str = "",
                        memory_fraction: float = 0.0) -> list[str] | None:
-        exe = shutil.which("vllm")
+        exe = shutil.which(cls.launch_exe)
         if exe is None:
             return None
         argv = [exe, "serve", model_path, "--host", "127.0.0.1", "--port", "{port}",

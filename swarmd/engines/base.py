@@ -39,6 +39,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -195,12 +196,15 @@ class Engine(abc.ABC):
     #: "gguf" (a file), "safetensors" or "mlx" (a directory).  Empty: swarmd
     #: never launches this kind (start it by hand and configure it).
     launch_formats: ClassVar[tuple[str, ...]] = ()
+    #: The executable a launch runs, looked up on PATH (empty: none).
+    launch_exe: ClassVar[str] = ""
 
     @classmethod
     def launch_available(cls) -> bool:
         """Whether this machine can launch this kind now (its binary is on
-        PATH, its Python module importable).  Cheap: no process is started."""
-        return False
+        PATH, its Python module importable).  Cheap: no process is started.
+        By default: :attr:`launch_exe` is on PATH."""
+        return bool(cls.launch_exe) and shutil.which(cls.launch_exe) is not None
 
     @classmethod
     def launch_command(cls, model_path: str, *, model_id: str, ctx: int, slots: int,
