@@ -356,22 +356,35 @@ class DataPlaneServer:
         except PeerRefused:  # pragma: no cover - _admit passed on this connection
             return ""
 
-    async def _have(self, request: web.Request) -> web.Response:
+    def _find(self, request: web.Request, parse: Callable[[str], str], stat: str = ""
+              ) -> tuple[str, str, str, Path | PartialFile] | web.Response:
+        """The opening the blob routes share: admit the peer, parse the digest
+        out of the path, note the asker's interest (``stat`` counted then), and
+        find what this node serves of it.  (node, digest, asker, served), or the
+        error answer."""
         refused = self._admit(request)
         if refused is not None:
             return refused
         node = self.cert.peer_id
         try:
-            digest = wire.parse_have_path(request.path)
+            digest = parse(request.path)
         except wire.WireError as exc:
             return _error(wire.PlaneError("bad_request", str(exc)), node)
         asker = self._asker(request)
         self._note_interest(digest, asker)
-        self.stats["have"] += 1
+        if stat:
+            self.stats[stat] += 1
         served = self.blob_path(digest) if self.blob_path is not None else None
-        peers = self.interested(digest, but=asker)
         if served is None:
             return _error(wire.PlaneError("not_found", f"no blob {digest}"), node)
+        return node, digest, asker, served
+
+    async def _have(self, request: web.Request) -> web.Response:
+        found = self._find(request, wire.parse_have_path, "have")
+        if isinstance(found, web.Response):
+            return found
+        node, digest, asker, served = found
+        peers = self.interested(digest, but=asker)
         if isinstance(served, Path):
             try:
                 size = os.stat(served).st_size
@@ -385,18 +398,10 @@ class DataPlaneServer:
                             content_type="application/json", headers={wire.H_NODE: node})
 
     async def _blob(self, request: web.Request) -> web.StreamResponse:
-        refused = self._admit(request)
-        if refused is not None:
-            return refused
-        node = self.cert.peer_id
-        try:
-            digest = wire.parse_blob_path(request.path)
-        except wire.WireError as exc:
-            return _error(wire.PlaneError("bad_request", str(exc)), node)
-        self._note_interest(digest, self._asker(request))
-        served = self.blob_path(digest) if self.blob_path is not None else None
-        if served is None:
-            return _error(wire.PlaneError("not_found", f"no blob {digest}"), node)
+        found = self._find(request, wire.parse_blob_path)
+        if isinstance(found, web.Response):
+            return found
+        node, digest, _, served = found
         pool = self._pool
         assert pool is not None
         partial = None if isinstance(served, Path) else served
