@@ -147,6 +147,14 @@ def routed_headers(ex: ExchangeLike, rid: str) -> dict[str, str]:
     return {"X-Request-Id": rid, "X-Swarmd-Node": ex.node_id, "X-Swarmd-Engine": ex.engine_id}
 
 
+class HeadersWithBody(web.StreamResponse):
+    """A StreamResponse whose headers wait for the first body bytes (as
+    ``web.Response``'s do), so they share one write: a stream whose answer
+    came at once goes out as one send (headers, events, end)."""
+
+    _send_headers_immediately = False
+
+
 @dataclass
 class StreamTranslator:
     """The calls a stream relay makes on a translator, bound to it."""
@@ -171,11 +179,12 @@ async def relay_stream(request: web.Request, ex: ExchangeLike, rid: str, content
     the engine's body is read to its end and the exchange closed, then that
     event goes out with the end of the body in one write (with ``head`` and
     whatever came before it, when the engine's answer came at once)."""
-    resp = web.StreamResponse(status=200, headers={"Content-Type": content_type,
-                                                   "Cache-Control": "no-cache",
-                                                   **routed_headers(ex, rid)})
+    resp = HeadersWithBody(status=200, headers={"Content-Type": content_type,
+                                                "Cache-Control": "no-cache",
+                                                **routed_headers(ex, rid)})
     await resp.prepare(request)
     pending = head  # sent with the first translated bytes: one write, not two
+    first = True
     try:
         while chunk := await ex.read():
             pending += tr.feed(chunk)
@@ -183,9 +192,10 @@ async def relay_stream(request: web.Request, ex: ExchangeLike, rid: str, content
                 while await ex.read():  # the rest of the body (nothing after [DONE])
                     pass
                 break
-            if pending:
+            if pending or first:  # the first write sends the headers, even if empty
                 await resp.write(pending)
                 pending = b""
+                first = False
     except UpstreamError as exc:
         try:
             await resp.write(pending + tr.fail(f"the engine failed mid-stream: {exc.message}"))

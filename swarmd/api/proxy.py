@@ -72,7 +72,7 @@ from swarmd.api.upstream import (
     UpstreamError,
     UpstreamResponse,
 )
-from swarmd.api.usage import Ticket, UsageEvent
+from swarmd.api.usage import Ticket, UsageEvent, wants_usage
 from swarmd.api.validate import ParsedRequest, parse_doc, parse_request
 from swarmd.api.waitqueue import QueueFull, QueueTimeout, WaitQueues
 from swarmd.config import ApiSection, RoutingSection
@@ -294,7 +294,7 @@ class Proxy:
             if k in client_headers and k != "content-type")
         headers += (("X-Request-Id", rid),) if "x-request-id" not in client_headers else ()
         req = ProxyRequest(route=p.route, body=p.raw, model=p.model, headers=headers,
-                           request_id=rid)
+                           request_id=rid, usage_asked=wants_usage(p.body))
         feats = RequestFeatures(p.model, affinity_key(p.route, p.body,
                                                       self.routing.affinity_messages))
         capability = ROUTE_CAPABILITY.get(p.route)
@@ -378,7 +378,7 @@ class Proxy:
             if native is not None:
                 nat = native(kind)
                 if nat is not None:
-                    treq = replace(req, route=nat[0], body=nat[1])
+                    treq = replace(req, route=nat[0], body=nat[1], usage_asked=None)
             started = time.monotonic()
             self.router.start(target, started)
             if target.node_id != self.snapshot().node_id:

@@ -1,12 +1,13 @@
 """Relaying a committed exchange to the OpenAI client (the proxy's last step).
 
 Headers (with ``X-Request-Id`` and where it ran), then the body as it comes.
-A stream's headers go out at once; a JSON answer's go out with its body, and
-the last bytes of either go out together with the end of the message, so a
-small JSON answer is one send to the client instead of three.  The request is *booked* -- the exchange closed, which writes its
-usage record and settles its limits -- before the client can see the answer
-end: before the final ``data: [DONE]`` event of a stream, before the last
-chunk of a JSON body.  So a node killed right after a client got its answer
+The headers go out with the first body bytes (an exchange is committed only
+once its first bytes came, so this delays nothing), and the last bytes go out
+together with the end of the message, so a small answer, JSON or a stream that
+came at once, is one send to the client instead of three.  The request is
+*booked* -- the exchange closed, which writes its usage record and settles
+its limits -- before the client can see the answer end: before the final
+``data: [DONE]`` event of a stream, before the last chunk of a JSON body.  So a node killed right after a client got its answer
 has that request on disk.  A failure mid-stream ends an SSE stream with an
 error event; either way the connection is closed so the client sees it.
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from swarmd.api.client_common import HeadersWithBody
 from swarmd.api.errors import ApiError, sse_error_event
 from swarmd.api.exchange import Exchange
 from swarmd.api.upstream import UpstreamError
@@ -25,18 +27,11 @@ from swarmd.api.upstream import UpstreamError
 log = logging.getLogger("swarmd.api")
 
 
-class _HeadersWithBody(web.StreamResponse):
-    """A StreamResponse whose headers wait for the first body bytes (as
-    ``web.Response``'s do), so they share one write."""
-
-    _send_headers_immediately = False
-
-
 async def relay(request: web.Request, ex: Exchange, rid: str,
                 count_error: Callable[[str], None]) -> web.StreamResponse:
     sse = any(k.lower() == "content-type" and v.startswith("text/event-stream")
               for k, v in ex.headers)
-    resp = (web.StreamResponse if sse else _HeadersWithBody)(status=ex.status)
+    resp = HeadersWithBody(status=ex.status)
     for k, v in ex.headers:
         resp.headers.add(k, v)
     resp.headers["X-Request-Id"] = rid

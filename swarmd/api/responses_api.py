@@ -92,20 +92,26 @@ def owner_of(resp_id: str) -> str | None:
 
 
 class ResponseStore:
-    """Responses this node answered: id -> (expires at, response, conversation)."""
+    """Responses this node answered: id -> (expires at, response, conversation),
+    each kept as its JSON encoding: a stored response is read rarely, and
+    10,000 of them as bytes are a few objects for the garbage collector
+    instead of hundreds of thousands (dicts and lists it would rescan)."""
 
     def __init__(self, ttl: float = STORE_TTL_S, max_items: int = STORE_MAX) -> None:
         self.ttl = ttl
         self.max_items = max_items
-        self._items: OrderedDict[str, tuple[float, JsonObj, list[JsonObj]]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[float, bytes, bytes]] = OrderedDict()
 
-    def put(self, response: JsonObj, conversation: list[JsonObj], now: float) -> None:
-        self._items[response["id"]] = (now + self.ttl, response, conversation)
-        self._items.move_to_end(response["id"])
+    def put(self, resp_id: str, response: bytes, conversation: list[JsonObj],
+            now: float) -> None:
+        """Keep ``response`` (its JSON encoding) and the chat messages it was given."""
+        self._items[resp_id] = (now + self.ttl, response, dumps(conversation))
+        self._items.move_to_end(resp_id)
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)
 
-    def get(self, resp_id: str, now: float) -> tuple[JsonObj, list[JsonObj]] | None:
+    def raw(self, resp_id: str, now: float) -> tuple[bytes, bytes] | None:
+        """The response's and its conversation's JSON, if kept and not expired."""
         item = self._items.get(resp_id)
         if item is None:
             return None
@@ -113,6 +119,10 @@ class ResponseStore:
             del self._items[resp_id]
             return None
         return item[1], item[2]
+
+    def get(self, resp_id: str, now: float) -> tuple[JsonObj, list[JsonObj]] | None:
+        found = self.raw(resp_id, now)
+        return None if found is None else (json.loads(found[0]), json.loads(found[1]))
 
     def delete(self, resp_id: str) -> bool:
         return self._items.pop(resp_id, None) is not None
@@ -246,17 +256,21 @@ class ResponsesHandlers:
             if mapped.stream:
                 stream = tr.EventStream(body, resp_id, asked, created)
 
+                def keep() -> None:
+                    if store and stream.response_json is not None:
+                        self.store.put(resp_id, stream.response_json, mapped.conversation,
+                                       time.monotonic())
+
                 def finish() -> bytes:
                     out = stream.finish()
-                    if store and stream.response is not None:
-                        self.store.put(stream.response, mapped.conversation, time.monotonic())
+                    keep()
                     return out
 
                 def feed(data: bytes) -> bytes:
                     was = stream.ended
                     out = stream.feed(data)
-                    if not was and stream.ended and store and stream.response is not None:
-                        self.store.put(stream.response, mapped.conversation, time.monotonic())
+                    if not was and stream.ended:
+                        keep()
                     return out
 
                 return await relay_stream(request, ex, rid, "text/event-stream",
@@ -267,9 +281,10 @@ class ResponsesHandlers:
             raw, _ = await read_all(ex)
             doc = tr.response_object(answer_of(answer_json(ex, raw)), body, resp_id, asked,
                                      created)
+            encoded = dumps(doc)
             if store:
-                self.store.put(doc, mapped.conversation, time.monotonic())
-            return web.Response(body=dumps(doc), content_type="application/json",
+                self.store.put(resp_id, encoded, mapped.conversation, time.monotonic())
+            return web.Response(body=encoded, content_type="application/json",
                                 headers=routed_headers(ex, rid))
         except TranslateError as exc:
             return error_response(ClientError.of(exc))
@@ -280,6 +295,11 @@ class ResponsesHandlers:
 
     async def retrieve(self, request: web.Request) -> web.Response:
         resp_id = request.match_info["id"]
+        if owner_of(resp_id) == self.deps.snapshot().node_id:
+            mine = self.store.raw(resp_id, time.monotonic())
+            if mine is None:
+                return error_response(_not_found(resp_id))
+            return web.Response(body=mine[0], content_type="application/json")
         found = await self._fetch(resp_id)
         if found is None:
             return error_response(_not_found(resp_id))
@@ -295,11 +315,11 @@ class ResponsesHandlers:
     async def internal(self, request: web.Request) -> web.Response:
         """``GET /swarmd/responses/{id}``: a stored response and its conversation
         (for the node a follow-up reached)."""
-        found = self.store.get(request.match_info["id"], time.monotonic())
+        found = self.store.raw(request.match_info["id"], time.monotonic())
         if found is None:
             return error_response(_not_found(request.match_info["id"]))
-        return web.Response(body=json.dumps({"response": found[0], "conversation": found[1]}),
-                            content_type="application/json")
+        return web.Response(body=b'{"response":' + found[0] + b',"conversation":' + found[1]
+                            + b"}", content_type="application/json")
 
 
 def register(app: web.Application, proxy: Exchanger, deps: Any) -> ResponsesHandlers:

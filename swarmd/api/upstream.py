@@ -114,6 +114,9 @@ class ProxyRequest:
     headers: tuple[tuple[str, str], ...] = ()
     method: str = "POST"
     request_id: str = ""
+    #: Did the client ask for the stream's usage chunk?  None: read ``body``
+    #: to know (a caller that parsed it already says, sparing a second parse).
+    usage_asked: bool | None = None
 
 
 class UpstreamResponse(Protocol):
@@ -283,7 +286,6 @@ class _LocalResponse:
         self._done = False
         self._watch = watch
         self._count_prompt = count_prompt
-        self._tail = b""
         self.usage: Usage | None = None
 
     async def _raw(self) -> bytes:
@@ -297,9 +299,6 @@ class _LocalResponse:
             raise UpstreamError("upstream", f"engine broke the response: {exc}") from None
 
     async def read(self) -> bytes:
-        if self._tail:
-            tail, self._tail = self._tail, b""
-            return tail
         if self._done:
             return b""
         while True:
@@ -315,11 +314,11 @@ class _LocalResponse:
                 if self._watch.needs_prompt_count and self._count_prompt is not None:
                     prompt = await self._count_prompt()
                 self.usage = self._watch.usage(prompt)
-                out += self._watch.finish(prompt)
-                self._tail = self._watch.tail
+                # The events before [DONE], the usage chunk swarmd adds, then
+                # [DONE] and what came with it: one piece, so a relay that
+                # books at [DONE] sends the end of a fast answer in one write.
+                out += self._watch.finish(prompt) + self._watch.tail
                 self._watch = None
-                if not out:
-                    return await self.read()
                 return out
             if out:
                 return out
@@ -437,7 +436,9 @@ class LocalUpstream:
             return n if n is not None else estimate_tokens(text)
 
         if ctype.startswith("text/event-stream"):
-            asked = b"include_usage" in req.body and wants_usage(_body_doc(req.body))
+            asked = req.usage_asked
+            if asked is None:
+                asked = b"include_usage" in req.body and wants_usage(_body_doc(req.body))
             return _LocalResponse(resp, stack, deadlines, SseUsage(inject=asked), count_prompt)
         if ctype.startswith("application/json") and (resp.content_length or 0) <= MAX_USAGE_BODY:
             raw = await self._read_all(resp, deadlines, MAX_USAGE_BODY)

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from swarmd.api.app import ApiDeps, ApiServer
-from swarmd.api.responses_api import owner_of
+from swarmd.api.responses_api import ResponseStore, owner_of
 from swarmd.config import ApiSection, RoutingSection
 from swarmd.core.routing import Router
 from swarmd.core.snapshot import NodeInfo, Snapshot
@@ -27,6 +27,20 @@ pytestmark = pytest.mark.timeout(60)
 WEATHER = {"type": "function", "name": "get_weather", "description": "weather of a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                           "required": ["city"]}}
+
+
+def test_store_keeps_encodings_expires_and_drops_the_oldest() -> None:
+    store = ResponseStore(ttl=10.0, max_items=2)
+    conv = [{"role": "user", "content": "hi"}]
+    store.put("resp_a_N", b'{"id":"resp_a_N","output":[]}', conv, now=0.0)
+    assert store.raw("resp_a_N", 1.0) == (b'{"id":"resp_a_N","output":[]}',
+                                         b'[{"role":"user","content":"hi"}]')
+    assert store.get("resp_a_N", 1.0) == ({"id": "resp_a_N", "output": []}, conv)
+    assert store.get("resp_a_N", 10.0) is None and len(store) == 0  # expired: gone
+    for i in range(3):
+        store.put(f"resp_{i}_N", b"{}", conv, now=0.0)
+    assert store.raw("resp_0_N", 1.0) is None and len(store) == 2  # oldest dropped
+    assert store.delete("resp_2_N") and not store.delete("resp_2_N")
 
 
 def client(base: str) -> openai.OpenAI:

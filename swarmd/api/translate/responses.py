@@ -352,6 +352,7 @@ class EventStream:
     seq: int = 0
     ended: bool = False
     response: JsonObj | None = None  # the final Response, once ended
+    response_json: bytes | None = None  # ... and its JSON encoding
     _out: list[JsonObj] = field(default_factory=list)  # output items so far
     _open: JsonObj | None = None  # the item being streamed
     _text: list[str] = field(default_factory=list)
@@ -383,13 +384,9 @@ class EventStream:
         if item["type"] == "message":
             text = "".join(self._text)
             self._text = []
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-            out += self._ev("response.output_text.done", item_id=item["id"], output_index=idx,
-                            content_index=0, text=text, logprobs=[])
-            out += self._ev("response.content_part.done", item_id=item["id"],
-                            output_index=idx, content_index=0, part=part)
-            item = _message_item(self.resp_id, text)
-        elif item["type"] == "reasoning":
+            self._out.append(_message_item(self.resp_id, text))
+            return self._message_done(item["id"], idx, text)
+        if item["type"] == "reasoning":
             text = "".join(self._text)
             self._text = []
             out += self._ev("response.reasoning_text.done", item_id=item["id"],
@@ -406,13 +403,48 @@ class EventStream:
         out = self._close_open()
         self._open = item
         idx = len(self._out)
-        out += self._ev("response.output_item.added", output_index=idx, item=item)
         if item["type"] == "message":
-            out += self._ev("response.content_part.added", item_id=item["id"],
-                            output_index=idx, content_index=0,
-                            part={"type": "output_text", "text": "", "annotations": [],
-                                  "logprobs": []})
-        return out
+            return out + self._message_added(item["id"], idx)
+        return out + self._ev("response.output_item.added", output_index=idx, item=item)
+
+    # A message item's events, as :meth:`_ev` writes them (the golden vectors
+    # hold them to that), built from pieces: every text answer has them.
+
+    def _seq(self) -> bytes:
+        seq = self.seq
+        self.seq += 1
+        return b"%d" % seq
+
+    def _message_added(self, item_id: str, idx: int) -> bytes:
+        """``output_item.added`` and ``content_part.added`` of a message."""
+        mid = encode_str(item_id).encode()
+        at = b"%d" % idx
+        return (b'event: response.output_item.added\ndata: {"type":"response.output_item.added"'
+                b',"sequence_number":' + self._seq() + b',"output_index":' + at
+                + b',"item":{"type":"message","id":' + mid + b',"status":"in_progress",'
+                b'"role":"assistant","content":[]}}\n\n'
+                b'event: response.content_part.added\ndata: {"type":"response.content_part.added"'
+                b',"sequence_number":' + self._seq() + b',"item_id":' + mid
+                + b',"output_index":' + at + b',"content_index":0,"part":{"type":"output_text",'
+                b'"text":"","annotations":[],"logprobs":[]}}\n\n')
+
+    def _message_done(self, item_id: str, idx: int, text: str) -> bytes:
+        """``output_text.done``, ``content_part.done`` and ``output_item.done``."""
+        mid = encode_str(item_id).encode()
+        at = b"%d" % idx
+        txt = encode_str(text).encode()
+        part = (b'{"type":"output_text","text":' + txt + b',"annotations":[],"logprobs":[]}')
+        return (b'event: response.output_text.done\ndata: {"type":"response.output_text.done"'
+                b',"sequence_number":' + self._seq() + b',"item_id":' + mid
+                + b',"output_index":' + at + b',"content_index":0,"text":' + txt
+                + b',"logprobs":[]}\n\n'
+                b'event: response.content_part.done\ndata: {"type":"response.content_part.done"'
+                b',"sequence_number":' + self._seq() + b',"item_id":' + mid
+                + b',"output_index":' + at + b',"content_index":0,"part":' + part + b"}\n\n"
+                b'event: response.output_item.done\ndata: {"type":"response.output_item.done"'
+                b',"sequence_number":' + self._seq() + b',"output_index":' + at
+                + b',"item":{"type":"message","id":' + mid + b',"status":"completed",'
+                b'"role":"assistant","content":[' + part + b"]}}\n\n")
 
     def feed(self, data: bytes) -> bytes:
         if self.ended:
@@ -482,8 +514,15 @@ class EventStream:
         doc["output"] = list(self._out)
         doc = _finished(doc, self.deltas.finished or "stop", self.deltas.usage)
         self.response = doc
-        kind = "response.completed" if doc["status"] == "completed" else "response.incomplete"
-        return out + self._ev(kind, response=doc)
+        self.response_json = encoded = dumps(doc)
+        kind = (b"response.completed" if doc["status"] == "completed"
+                else b"response.incomplete")
+        seq = self.seq
+        self.seq += 1
+        # As _ev writes it, with the encoding kept for the store.
+        return out + (b"event: " + kind + b'\ndata: {"type":"' + kind
+                      + b'","sequence_number":' + b"%d" % seq + b',"response":' + encoded
+                      + b"}\n\n")
 
     def fail(self, message: str, code: str = "server_error") -> bytes:
         self.ended = True
