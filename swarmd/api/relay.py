@@ -7,9 +7,10 @@ together with the end of the message, so a small answer, JSON or a stream that
 came at once, is one send to the client instead of three.  The request is
 *booked* -- the exchange closed, which writes its usage record and settles
 its limits -- before the client can see the answer end: before the final
-``data: [DONE]`` event of a stream, before the last chunk of a JSON body.  So a node killed right after a client got its answer
-has that request on disk.  A failure mid-stream ends an SSE stream with an
-error event; either way the connection is closed so the client sees it.
+``data: [DONE]`` event of a stream, before the last chunk of a JSON body.
+So a node killed right after a client got its answer has that request on
+disk.  A failure mid-stream ends an SSE stream with an error event; either
+way the connection is closed so the client sees it.
 """
 
 from __future__ import annotations

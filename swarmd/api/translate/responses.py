@@ -366,13 +366,8 @@ class EventStream:
         """``response.created`` and ``response.in_progress``."""
         snap = dumps(skeleton(self.body, self.resp_id, self.model, self.created_at,
                               "in_progress"))  # the same object twice: encoded once
-        out = (b'event: response.created\ndata: {"type":"response.created","sequence_number":'
-               b"%d" % self.seq + b',"response":' + snap + b"}\n\n"
-               b'event: response.in_progress\ndata: {"type":"response.in_progress",'
-               b'"sequence_number":' + b"%d" % (self.seq + 1) + b',"response":' + snap
-               + b"}\n\n")
-        self.seq += 2
-        return out
+        return (self._frame(b"response.created", b',"response":' + snap)
+                + self._frame(b"response.in_progress", b',"response":' + snap))
 
     def _close_open(self) -> bytes:
         item = self._open
@@ -407,44 +402,44 @@ class EventStream:
             return out + self._message_added(item["id"], idx)
         return out + self._ev("response.output_item.added", output_index=idx, item=item)
 
-    # A message item's events, as :meth:`_ev` writes them (the golden vectors
-    # hold them to that), built from pieces: every text answer has them.
+    # Events built from pieces, byte for byte as :meth:`_ev` writes them (the
+    # golden vectors hold them to that): the ones every text answer has.
 
-    def _seq(self) -> bytes:
+    def _frame(self, kind: bytes, fields: bytes) -> bytes:
+        """One event of type ``kind``, numbered; ``fields``: the JSON members
+        after ``sequence_number``, each with its leading comma."""
         seq = self.seq
         self.seq += 1
-        return b"%d" % seq
+        return (b"event: " + kind + b'\ndata: {"type":"' + kind + b'","sequence_number":'
+                + b"%d" % seq + fields + b"}\n\n")
 
     def _message_added(self, item_id: str, idx: int) -> bytes:
         """``output_item.added`` and ``content_part.added`` of a message."""
         mid = encode_str(item_id).encode()
         at = b"%d" % idx
-        return (b'event: response.output_item.added\ndata: {"type":"response.output_item.added"'
-                b',"sequence_number":' + self._seq() + b',"output_index":' + at
-                + b',"item":{"type":"message","id":' + mid + b',"status":"in_progress",'
-                b'"role":"assistant","content":[]}}\n\n'
-                b'event: response.content_part.added\ndata: {"type":"response.content_part.added"'
-                b',"sequence_number":' + self._seq() + b',"item_id":' + mid
-                + b',"output_index":' + at + b',"content_index":0,"part":{"type":"output_text",'
-                b'"text":"","annotations":[],"logprobs":[]}}\n\n')
+        return (self._frame(b"response.output_item.added", b',"output_index":' + at
+                            + b',"item":{"type":"message","id":' + mid
+                            + b',"status":"in_progress","role":"assistant","content":[]}')
+                + self._frame(b"response.content_part.added", b',"item_id":' + mid
+                              + b',"output_index":' + at + b',"content_index":0,"part":'
+                              b'{"type":"output_text","text":"","annotations":[],'
+                              b'"logprobs":[]}'))
 
     def _message_done(self, item_id: str, idx: int, text: str) -> bytes:
         """``output_text.done``, ``content_part.done`` and ``output_item.done``."""
         mid = encode_str(item_id).encode()
         at = b"%d" % idx
         txt = encode_str(text).encode()
-        part = (b'{"type":"output_text","text":' + txt + b',"annotations":[],"logprobs":[]}')
-        return (b'event: response.output_text.done\ndata: {"type":"response.output_text.done"'
-                b',"sequence_number":' + self._seq() + b',"item_id":' + mid
-                + b',"output_index":' + at + b',"content_index":0,"text":' + txt
-                + b',"logprobs":[]}\n\n'
-                b'event: response.content_part.done\ndata: {"type":"response.content_part.done"'
-                b',"sequence_number":' + self._seq() + b',"item_id":' + mid
-                + b',"output_index":' + at + b',"content_index":0,"part":' + part + b"}\n\n"
-                b'event: response.output_item.done\ndata: {"type":"response.output_item.done"'
-                b',"sequence_number":' + self._seq() + b',"output_index":' + at
-                + b',"item":{"type":"message","id":' + mid + b',"status":"completed",'
-                b'"role":"assistant","content":[' + part + b"]}}\n\n")
+        part = b'{"type":"output_text","text":' + txt + b',"annotations":[],"logprobs":[]}'
+        return (self._frame(b"response.output_text.done", b',"item_id":' + mid
+                            + b',"output_index":' + at + b',"content_index":0,"text":' + txt
+                            + b',"logprobs":[]')
+                + self._frame(b"response.content_part.done", b',"item_id":' + mid
+                              + b',"output_index":' + at + b',"content_index":0,"part":' + part)
+                + self._frame(b"response.output_item.done", b',"output_index":' + at
+                              + b',"item":{"type":"message","id":' + mid
+                              + b',"status":"completed","role":"assistant","content":['
+                              + part + b"]}"))
 
     def feed(self, data: bytes) -> bytes:
         if self.ended:
@@ -464,15 +459,12 @@ class EventStream:
         return b"".join(out)
 
     def _delta(self, kind: bytes, idx: int, delta: str, tail: bytes) -> bytes:
-        """A ``*.delta`` event of the open item, as :meth:`_ev` writes it: the
-        stream's hot path, so built from pieces."""
+        """A ``*.delta`` event of the open item (the stream's hot path)."""
         assert self._open is not None
-        seq = self.seq
-        self.seq += 1
-        return (b"event: " + kind + b'\ndata: {"type":"' + kind + b'","sequence_number":'
-                + b"%d" % seq + b',"item_id":' + encode_str(self._open["id"]).encode()
-                + b',"output_index":' + b"%d" % idx + tail + encode_str(delta).encode()
-                + (b',"logprobs":[]}\n\n' if kind == _TEXT_DELTA else b"}\n\n"))
+        return self._frame(kind, b',"item_id":' + encode_str(self._open["id"]).encode()
+                           + b',"output_index":' + b"%d" % idx + tail
+                           + encode_str(delta).encode()
+                           + (b',"logprobs":[]' if kind == _TEXT_DELTA else b""))
 
     def _event(self, ev: Any) -> bytes:
         out = b""
@@ -517,12 +509,7 @@ class EventStream:
         self.response_json = encoded = dumps(doc)
         kind = (b"response.completed" if doc["status"] == "completed"
                 else b"response.incomplete")
-        seq = self.seq
-        self.seq += 1
-        # As _ev writes it, with the encoding kept for the store.
-        return out + (b"event: " + kind + b'\ndata: {"type":"' + kind
-                      + b'","sequence_number":' + b"%d" % seq + b',"response":' + encoded
-                      + b"}\n\n")
+        return out + self._frame(kind, b',"response":' + encoded)
 
     def fail(self, message: str, code: str = "server_error") -> bytes:
         self.ended = True
