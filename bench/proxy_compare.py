@@ -373,6 +373,20 @@ def print_targets(res: dict[tuple[str, int], dict[str, Any]], levels: list[int])
         print("  (swarmd-local overhead is within noise of direct: ratio not meaningful)")
 
 
+def listen_overflows() -> int | None:
+    """The kernel's count of connections dropped because an accept queue was
+    full (TcpExt ListenOverflows, all sockets), None where unreadable."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(row["ListenOverflows"]) if "ListenOverflows" in row else None
+    return None
+
+
 def run_streams(s: Setup, streams: int, tokens: int, tps: float, duration: float) -> None:
     if not streams or "direct" not in s.stream_urls:
         return
@@ -381,18 +395,22 @@ def run_streams(s: Setup, streams: int, tokens: int, tps: float, duration: float
         if name not in s.stream_urls:
             continue
         url = s.stream_urls[name] + "/v1/chat/completions"
+        before = listen_overflows()
         try:
             rows[name] = run_loadgen(url, model=STREAM_MODEL, concurrency=streams,
                                      requests=streams, warmup=0, duration=duration,
                                      stream=True, max_tokens=tokens, timeout=120)
         except Exception as exc:
             rows[name] = {"failed": f"{type(exc).__name__}: {exc}"[:300]}
+        after = listen_overflows()
+        rows[name]["overflows"] = None if before is None or after is None else after - before
         print(f"  streams {name:14} {rows[name]}", file=sys.stderr, flush=True)
     ideal = streams * tps
     print(f"\n{streams} concurrent streams, {tokens} tokens each at {tps:g} tok/s per stream "
           f"(ideal {ideal:.0f} tok/s)")
     hdr = (f"{'path':14} | {'tok/s':>8} | {'vs direct':>9} | {'TTFT p50':>8} | "
-           f"{'1st ev p99':>8} | {'done p50 s':>10} | {'ok':>4} | {'err':>4}")
+           f"{'1st ev p99':>8} | {'done p50 s':>10} | {'ok':>4} | {'err':>4} | "
+           "SYNs dropped")
     print(hdr)
     print("-" * len(hdr))
     base = rows.get("direct", {}).get("tok_per_s")
@@ -403,9 +421,12 @@ def run_streams(s: Setup, streams: int, tokens: int, tps: float, duration: float
         ratio = r["tok_per_s"] / base if base else math.nan
         print(f"{name:14} | {_f(r['tok_per_s'], 8, 0)} | {_f(ratio, 9, 3)} | "
               f"{_f(r['ttft_p50_ms'], 8, 1)} | {_f(r['ttft_p99_ms'], 8, 1)} | "
-              f"{_f(r['p50_ms'] / 1000, 10, 2)} | {r['ok']:>4} | {r['errors']:>4}")
+              f"{_f(r['p50_ms'] / 1000, 10, 2)} | {r['ok']:>4} | {r['errors']:>4} | "
+              f"{'-' if r['overflows'] is None else r['overflows']}")
     if "swarmd-local" not in rows and "swarmd-local" in s.why_not:
         print(f"swarmd-local   | not measured: {s.why_not['swarmd-local']}")
+    print("(SYNs dropped: the kernel's ListenOverflows during that path's run, every "
+          "listener on the machine; each costs its client a 1 s retransmit.)")
 
 
 def main() -> None:

@@ -309,6 +309,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("usage.flush_interval", "must be > 0 seconds")
     if cfg.api.max_body_bytes <= 0:
         raise ConfigError("api.max_body_bytes", "must be positive")
+    for key, backlog in (("api.backlog", cfg.api.backlog),
+                         ("dataplane.backlog", cfg.dataplane.backlog)):
+        if not 1 <= backlog <= 65535:
+            raise ConfigError(key, "must be 1 to 65535 (connections queued for accept)")
     if cfg.routing.queue_timeout < 0:
         raise ConfigError("routing.queue_timeout", "must be >= 0 seconds")
     if cfg.routing.queue_max < 0:

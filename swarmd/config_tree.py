@@ -149,6 +149,11 @@ class ApiSection:
     #: (e.g. ``127.0.0.1:11434``).  The API port serves those routes too.
     #: Empty = off, the default: a local Ollama may hold 11434.
     ollama_listen: str = ""
+    #: Connections the kernel queues for accept on the API port (and on
+    #: ``ollama_listen``); the kernel caps it at ``net.core.somaxconn``.  The
+    #: usual default of 128 overflowed when 500 clients connected at once, and
+    #: each dropped SYN cost its client a 1 s retransmit (then 3 s, 7 s ...).
+    backlog: int = 4096
     #: Who may use the API port (swarmd/api/auth.py): ``"loopback-open"``
     #: (no key needed from 127.0.0.1/::1, a key from anywhere else),
     #: ``"required"`` (a key for every route but health checks) or ``"off"``
@@ -331,6 +336,11 @@ class DataPlaneSection:
     #: 0 (an ephemeral port) works too.  Only admitted, alive members get past
     #: the TLS handshake: no stranger's request is ever parsed.
     listen: str = "0.0.0.0:4101"
+    #: Connections the kernel queues for accept on the data plane (capped at
+    #: ``net.core.somaxconn``): a burst of forwarded streams opens one
+    #: connection each, and asyncio's default of 100 overflowed at 500 at
+    #: once (a dropped SYN: a 1 s retransmit, then 3 s ...).
+    backlog: int = 4096
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,7 @@ class ApiServer:
         await self._runner.setup()
         http_errors.install(self._runner)
         site = web.TCPSite(self._runner, host, port, reuse_address=True,
-                           ssl_context=ssl_context)
+                           ssl_context=ssl_context, backlog=self.deps.api.backlog)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

@@ -349,6 +349,7 @@ class OllamaServer:
         self.app = web.Application(client_max_size=deps.api.max_body_bytes,
                                    middlewares=middlewares)
         register(self.app, proxy, deps)
+        self._backlog: int = deps.api.backlog
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -356,7 +357,8 @@ class OllamaServer:
         host, port = parse_hostport(listen)
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True,
+                           backlog=self._backlog)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port

@@ -58,6 +58,7 @@ from swarmd.dataplane import wire
 from swarmd.dataplane.blobread import Head, RangeReader, StreamFault
 from swarmd.dataplane.certs import NodeCert
 from swarmd.dataplane.tls import IsAdmitted, PeerCheck, PeerRefused, client_context
+from swarmd.models.fsutil import pwrite_all
 
 #: ``(host, port)`` of a node's data plane (its record's ``dp``), or None if unknown.
 AddressOf = Callable[[str], "tuple[str, int] | None"]
@@ -503,12 +504,8 @@ class DataPlaneClient:
 def _flush(fd: int, h: Any, data: memoryview, offset: int) -> None:
     """Hash and write one piece (in a worker thread)."""
     h.update(data)
-    view = memoryview(data)
     try:
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view = view[n:]
-            offset += n
+        pwrite_all(fd, data, offset)
     except OSError as exc:
         raise BlobError("io", f"cannot write the range: {exc.strerror}") from None
 

@@ -31,8 +31,9 @@ incomplete``), or None (404).  ``/dp/1/have/<sha256>`` answers which chunks
 this node holds and which other members asked about that blob in the last
 :data:`INTEREST_TTL` s (a range read or a ``have`` counts): the tracker that
 lets pullers started together find and feed each other.  One byte range per request, read with
-``os.pread`` in :data:`BLOB_CHUNK` pieces in a worker thread and written
-with drain, so memory does not grow with the file.  Over TLS there is no
+``os.pread`` in :data:`BLOB_CHUNK` pieces in a worker thread (the next piece
+read while one is sent) and written with drain, so memory does not grow
+with the file.  Over TLS there is no
 zero-copy: Python's ``ssl`` encrypts in user space (asyncio's own sendfile
 fallback for TLS moves 16 KiB per thread hop, which is slower than this).
 """
@@ -103,6 +104,7 @@ class ServerLimits:
     handshake: float = 10.0  # s: TLS handshake
     keepalive: float = 75.0  # s: an idle connection is closed (client pools keep 30 s)
     max_body: int = 16 * 1024 * 1024  # bytes of a forwarded request body
+    backlog: int = 4096  # connections queued for accept ([dataplane] backlog)
 
 
 class _Gate(asyncio.Protocol):
@@ -229,7 +231,7 @@ class DataPlaneServer:
         else:
             self._server = await loop.create_server(
                 factory, host, port, ssl=ctx, ssl_handshake_timeout=self.limits.handshake,
-                reuse_address=True)
+                reuse_address=True, backlog=self.limits.backlog)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 
@@ -434,15 +436,18 @@ class DataPlaneServer:
             await resp.prepare(request)
             self.stats["blob_reads"] += 1
             pos = start
-            while pos < end:
-                pending = pool.submit(os.pread, fd, min(BLOB_CHUNK, end - pos), pos)
+            pending = pool.submit(os.pread, fd, min(BLOB_CHUNK, end - pos), pos)
+            while pending is not None:
                 data = await asyncio.wrap_future(pending)
+                pending = None
                 if not data:  # the file shrank under us: a broken body, never padding
                     if request.transport is not None:
                         request.transport.abort()  # type: ignore[attr-defined]
                     return resp
-                await resp.write(data)
                 pos += len(data)
+                if pos < end:  # the next piece is read while this one is sent
+                    pending = pool.submit(os.pread, fd, min(BLOB_CHUNK, end - pos), pos)
+                await resp.write(data)
                 self.stats["blob_bytes"] += len(data)
                 if partial is not None:
                     self.stats["partial_bytes"] += len(data)

@@ -179,7 +179,7 @@ class SimulatedEngine:
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
                                handler_cancellation=self.cancel_on_disconnect)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=2048)
         await site.start()
         self._runner = runner
         self.host = host

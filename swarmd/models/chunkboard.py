@@ -8,7 +8,10 @@ the chunks they have verified).  :class:`ChunkBoard` is the shared state of
 one such fetch.  A fixed pool of streams (worker threads, a few per fetch,
 not per peer) asks :meth:`ChunkBoard.take` for the next (peer, chunk): the
 **rarest** wanted chunk -- fewest live peers hold it (a full holder holds
-every chunk), ties broken by a random order drawn per fetch -- among those
+every chunk), ties broken by index while this fetch knows one peer (so the
+whole-file hash can follow the transfer, see
+:meth:`~swarmd.models.partial.PartialBlob.catch_up`) and by a random order
+drawn per fetch once it knows more -- among those
 some peer with a free stream holds (at most ``per_peer`` reads in flight
 per peer), read from the **least loaded** such peer, a partial holder
 before a full one at equal load.  So
@@ -17,7 +20,8 @@ before a full one at equal load.  So
   partial holder serves what it has: the full holder's upload is spread
   over the pullers instead of serving every puller every chunk;
 * pullers that start together from one holder take chunks in different
-  (random) orders, so they soon have chunks to trade.
+  (random) orders once they know of each other (the first ``have`` polls,
+  within a second), so they soon have chunks to trade.
 
 :meth:`set_peer` adds a peer or grows what it holds (a partial holder's
 chunks only ever grow; ``None`` means the whole blob); :meth:`failed` puts
@@ -119,7 +123,7 @@ class ChunkBoard:
                     if (h is None or c in h) and self._busy.get(p, 0) < self.per_peer]
             if not free:
                 continue
-            key = (self._rarity(c), self._rank[c])
+            key = (self._rarity(c), self._rank[c] if len(self._have) > 1 else c)
             if best is None or key < best[0]:
                 best = (key, c, free)
         if best is None:
@@ -209,6 +213,10 @@ class ChunkBoard:
         with self._cond:
             if not self._closed and not self.finished_locked():
                 self._cond.wait(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """End every stream (their next :meth:`take` returns None)."""

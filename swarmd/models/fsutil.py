@@ -1,6 +1,7 @@
 """Small file-system helpers the store relies on: atomic writes, fsync of
 directories, advisory locks across processes and threads (``flock`` on a lock
-file: two open file descriptions conflict even inside one process)."""
+file: two open file descriptions conflict even inside one process), and
+positioned writes in pieces the page cache takes cheaply."""
 
 from __future__ import annotations
 
@@ -34,6 +35,26 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)
+
+
+#: Largest single ``pwrite`` (bytes).  On this project's test machines (VMs on
+#: Linux 6.18, ext4) a write of 1 MiB or more into the page cache made the
+#: kernel take large folios from free memory the guest had handed back to the
+#: host, and 241 MiB written in 1 MiB writes cost 0.63-0.92 CPU s where the
+#: same bytes in 512 KiB, 256 KiB or 64 KiB writes cost 0.07-0.09 s (dd,
+#: measured side by side, the pages freed 2.5 s before); right after a delete
+#: both cost 0.08 s.  Smaller writes cost a few more system calls (about
+#: 1,000 per GB), nothing measurable.
+WRITE_STEP = 256 * 1024
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset``, in pieces of at most :data:`WRITE_STEP`."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view[:WRITE_STEP], offset)
+        view = view[n:]
+        offset += n
 
 
 @contextlib.contextmanager

@@ -24,8 +24,12 @@ and fsyncs the directory.
 
 The whole-file sha256 is computed as the bytes arrive, while they arrive in
 order (a fresh single-source pull: one pass over each byte, no re-read); on
-reopen the re-verified prefix feeds it.  Bytes that arrive out of order
-(several sources) or after a failed attempt (:meth:`invalidate_hash`) make
+reopen the re-verified prefix feeds it.  A peer pull's chunks arrive out of
+order, written by their streams: :meth:`catch_up` (a helper thread, while
+the streams still fetch) feeds it from the file over each verified chunk
+that extends the hashed prefix, so the check at the end overlaps the
+transfer instead of following it.  Bytes that arrive out of order (several
+sources) or after a failed attempt (:meth:`invalidate_hash`) make
 :meth:`finish` hash the rest from the file instead.
 """
 
@@ -39,7 +43,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from swarmd.models.fsutil import atomic_write, fsync_dir
+from swarmd.models.fsutil import atomic_write, fsync_dir, pwrite_all
 from swarmd.models.manifest import CHUNK_SIZE, chunk_count
 
 
@@ -171,16 +175,52 @@ class PartialBlob:
         return [i for i in range(self.nchunks) if i not in self.done]
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        start = offset
-        while view:
-            n = os.pwrite(self._fd, view, offset)
-            view = view[n:]
-            offset += n
+        pwrite_all(self._fd, data, offset)
         with self._lock:
-            if start == self._hashed:
+            if offset == self._hashed:
                 self._hasher.update(data)
-                self._hashed = offset
+                self._hashed = offset + len(data)
+
+    def catch_up(self) -> int:
+        """Feed the whole-file hash from the file over the verified chunks that
+        now extend its prefix (a peer pull's chunks arrive out of order, each
+        written and verified by its stream); returns the bytes hashed so far.
+
+        Run by one helper thread while the streams still fetch, so
+        :meth:`finish` has little or nothing left to hash.  The hasher is
+        claimed while the file is read (``_hashed = -2``: :meth:`write` does
+        not feed it meanwhile); an :meth:`invalidate_hash` in that time wins."""
+        with self._lock:
+            h, pos = self._hasher, self._hashed
+            if pos < 0 or pos >= self.size or pos // CHUNK_SIZE not in self.done:
+                return pos
+            self._hashed = -2
+        end = pos
+        while end < self.size:
+            i = end // CHUNK_SIZE
+            with self._lock:
+                if i not in self.done:
+                    break
+            stop = i * CHUNK_SIZE + self.chunk_len(i)
+            while end < stop:
+                data = os.pread(self._fd, min(READ_STEP, stop - end), end)
+                if not data:
+                    stop = -1
+                    break
+                h.update(data)
+                end += len(data)
+            if stop < 0:
+                end = -1  # the file is short: finish() rehashes (and fails) from scratch
+                break
+        with self._lock:
+            if self._hashed == -2:
+                self._hasher, self._hashed = h, end
+            return self._hashed
+
+    def sync_data(self) -> None:
+        """Start the bytes written so far on their way to disk (``fdatasync``), so
+        :meth:`finish`'s fsync has only the rest to wait for."""
+        os.fdatasync(self._fd)
 
     def invalidate_hash(self) -> None:
         """Bytes written so far may be rewritten (a failed attempt): hash from the file."""
@@ -197,7 +237,7 @@ class PartialBlob:
         """Verify, fsync and move into ``blobs/``; returns the sha256 hex."""
         if self.missing():
             raise RuntimeError(f"{len(self.missing())} chunks of {self.key} still missing")
-        if self._hashed < 0:
+        if self._hashed < 0:  # invalidated (or, defensively, a catch-up never put back)
             self._hasher, self._hashed = hashlib.sha256(), 0
         self._rehash_upto(self.size)
         digest = self._hasher.hexdigest()

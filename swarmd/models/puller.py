@@ -56,7 +56,7 @@ from swarmd.models.manifest import (
     check_path,
     decode,
 )
-from swarmd.models.meta import MetaError, describe, is_pickle_path, looks_like_pickle
+from swarmd.models.meta import MetaError, describe, is_pickle_path, looks_like_pickle, preload
 from swarmd.models.partial import DigestMismatch
 from swarmd.models.sources.base import Plan, RemoteFile, SourceSettings
 from swarmd.models.spec import (
@@ -199,6 +199,8 @@ class Puller:
         plan = got
         model_name = name or plan.name
         self.check(plan, model_name)
+        threading.Thread(target=preload, args=([f.path for f in plan.files],), daemon=True,
+                         name="swarmd-meta-import").start()
         known = [f.sha256 for f in plan.files if f.sha256]
         self.store.pin(known)
         pinned: list[str] = []  # blobs fetch_blob pinned for us until the manifest is in

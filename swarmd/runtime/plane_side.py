@@ -28,6 +28,7 @@ since a cut link sends no reset.  Pools to dead nodes are closed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from swarmd.api.upstream import Deadlines, ProxyRequest, UpstreamError, Upstream
 from swarmd.core.snapshot import Snapshot
 from swarmd.dataplane import node_cert
 from swarmd.dataplane.client import DataPlaneClient, PlaneUnreachable
-from swarmd.dataplane.server import BlobPath, DataPlaneServer, OpenLocal
+from swarmd.dataplane.server import BlobPath, DataPlaneServer, OpenLocal, ServerLimits
 from swarmd.identity import Identity
 
 log = logging.getLogger("swarmd.dataplane")
@@ -219,10 +220,11 @@ class Plane:
     addresses: list[str] = field(default_factory=list)
 
     async def serve(self, listen: tuple[str, int], open_local: OpenLocal,
-                    blob_path: BlobPath) -> list[str]:
+                    blob_path: BlobPath, backlog: int = ServerLimits.backlog) -> list[str]:
         """Listen; returns the addresses to gossip as the record's ``dp``."""
         self.server.open_local = open_local
         self.server.blob_path = blob_path
+        self.server.limits = dataclasses.replace(self.server.limits, backlog=backlog)
         host, port = listen
         bound = await self.server.start(host, port)
         self.addresses = advertised(host, bound)

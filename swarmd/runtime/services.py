@@ -204,7 +204,8 @@ async def start_services(cfg: Config, ports: NodePorts, bridge: Bridge) -> Start
             cleanups.append(ollama.stop)
         if plane is not None:
             dp_addrs = await plane.serve(parse_hostport(cfg.dataplane.listen),
-                                         api.proxy.open_local, models.store.served_blob)
+                                         api.proxy.open_local, models.store.served_blob,
+                                         backlog=cfg.dataplane.backlog)
             cleanups.append(plane.stop)
             bridge.call_trio_soon(ports.update_record, {"dp": dp_addrs})
             # Pulls ask the peers that hold a model before its source.

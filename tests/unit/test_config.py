@@ -71,6 +71,8 @@ url = "http://127.0.0.1:18111"
         ({"membership": {"profile": "moon"}}, "membership.profile"),
         ({"membership": {"overrides": {"warp": 1}}}, "membership.overrides.warp"),
         ({"log": {"level": "loud"}}, "log.level"),
+        ({"api": {"backlog": 0}}, "api.backlog"),
+        ({"dataplane": {"backlog": 70000}}, "dataplane.backlog"),
     ],
 )
 def test_errors_name_the_key(doc: dict, key: str) -> None:

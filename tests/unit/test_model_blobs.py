@@ -219,3 +219,56 @@ def test_a_fresh_blob_is_pinned_until_its_manifest_is_written(tmp_path: Path, bl
     store.unpin([sha])
     store.gc()
     assert not store.has_blob(sha)
+
+
+def test_catch_up_hashes_the_verified_prefix_while_chunks_arrive_out_of_order(
+        tmp_path: Path, blob: tuple) -> None:
+    """A peer pull's helper feeds the whole-file hash as the verified prefix
+    grows; finish() then has only the rest to hash, and the digest is right."""
+    path, sha, chunks = blob
+    data = path.read_bytes()
+    store = ModelStore(tmp_path)
+    p = store.partial("sha256-" + sha, SIZE, sha)
+    p.open()
+    try:
+        def land(i: int) -> None:  # what a stream does: write the chunk, then mark it
+            fd = os.open(p.part_path, os.O_WRONLY)
+            os.pwrite(fd, data[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE], i * CHUNK_SIZE)
+            os.close(fd)
+            p.chunk_done(i, chunks[i])
+
+        land(2)
+        assert p.catch_up() == 0  # chunk 0 not there: nothing to hash yet
+        land(0)
+        assert p.catch_up() == CHUNK_SIZE  # 0 only: 1 is still missing
+        land(1)
+        assert p.catch_up() == SIZE  # 1 then the already-landed 2: the whole file
+        assert p.finish() == sha
+    finally:
+        p.close()
+    assert store.blob_file(sha).read_bytes() == data
+
+
+def test_catch_up_refuses_a_prefix_whose_bytes_are_wrong(tmp_path: Path, blob: tuple) -> None:
+    """The whole-file check still binds the chunks to the blob's name: a chunk
+    journaled with its claimed digest but other bytes fails at finish()."""
+    path, sha, chunks = blob
+    data = bytearray(path.read_bytes())
+    data[10] ^= 1
+    store = ModelStore(tmp_path)
+    p = store.partial("sha256-" + sha, SIZE, sha)
+    p.open()
+    try:
+        fd = os.open(p.part_path, os.O_WRONLY)
+        os.pwrite(fd, bytes(data), 0)
+        os.close(fd)
+        for i in range(3):
+            p.chunk_done(i, chunks[i])
+        assert p.catch_up() == SIZE
+        p.invalidate_hash()  # a failed attempt wins over the hashed prefix: rehash it all
+        assert p.catch_up() == -1
+        with pytest.raises(DigestMismatch):
+            p.finish()
+    finally:
+        p.close()
+    assert not store.has_blob(sha)

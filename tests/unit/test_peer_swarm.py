@@ -77,8 +77,23 @@ def test_random_order_spreads_pullers_over_different_chunks() -> None:
     for seed in range(20):
         b = ChunkBoard(range(16), rng=random.Random(seed))
         b.set_peer("holder", None)
+        b.set_peer("other puller", frozenset())  # known, holding nothing yet
         firsts.add(tuple(b.take() for _ in range(3)))
     assert len(firsts) > 10  # pullers starting together do not all read chunks 0, 1, 2
+
+
+def test_one_peer_known_means_index_order_so_the_hash_can_follow() -> None:
+    after = set()
+    for seed in range(10):
+        b = ChunkBoard(range(16), rng=random.Random(seed))
+        b.set_peer("holder", None)
+        got = [b.take() for _ in range(3)]
+        assert got == [("holder", 0), ("holder", 1), ("holder", 2)]
+        for _, c in got:
+            b.done(c)
+        b.set_peer("other puller", frozenset())  # from here on: the fetch's random order
+        after.add(tuple(c for _, c in (b.take() for _ in range(3))))
+    assert len(after) > 5
 
 
 def test_failed_chunk_returns_and_dropped_peer_is_not_used() -> None:
