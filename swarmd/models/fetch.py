@@ -12,10 +12,11 @@ from somewhere" is ``source.read_range(i * CHUNK_SIZE, chunk_len)``.
 (taking its lock), works out which chunks are missing (a resumed pull keeps
 every chunk that re-verifies from disk) and hands them out as jobs: with one
 source, each run of consecutive missing chunks is a single request (one GET
-for a fresh file, as fast as curl); with several sources, one chunk per job,
-and one worker thread per source pulls jobs from a shared queue, so fast
-sources take more.  Bytes are written at their offsets as they arrive and
-hashed per chunk; a chunk is recorded in the journal only once complete.
+for a fresh file); with several sources, one chunk per job, and one worker
+thread per source pulls jobs from a shared queue, so fast sources take
+more.  Bytes are hashed per chunk as they arrive and written at their
+offsets by a second thread (:mod:`swarmd.models.writebehind`); a chunk is
+recorded in the journal only once complete.
 When the manifest's chunk digests are known (a peer pull), a chunk that does
 not match is refused on arrival: its source is dropped and counted in
 ``bad_sources``, and the chunk goes back in the queue for the others.  A
@@ -63,6 +64,7 @@ from swarmd.models.chunkboard import ChunkBoard
 from swarmd.models.manifest import CHUNK_SIZE
 from swarmd.models.partial import DigestMismatch, PartialBlob
 from swarmd.models.store import ModelStore, StoreError
+from swarmd.models.writebehind import SYNC_STEP, WriteBehind
 
 
 class SourceError(Exception):
@@ -230,36 +232,43 @@ class _Fetch:
         h = hashlib.sha256()
         chunk_end = min(p.size, (idx + 1) * CHUNK_SIZE)
         last_report = 0.0
-        for piece in source.read_range(start, end - start):
-            if self.cancel.is_set():
-                raise Cancelled()
-            if pos + len(piece) > end:
-                raise SourceError(f"sent more than the {end - start} bytes asked for")
-            self.limiter.take(len(piece))
-            p.write(pos, piece)
-            view = memoryview(piece)
-            while view:
-                take = min(len(view), chunk_end - pos)
-                h.update(view[:take])
-                view = view[take:]
-                pos += take
-                if pos == chunk_end:
-                    digest = h.hexdigest()
-                    want = self.target.chunks[idx] if self.target.chunks else None
-                    if want is not None and digest != want:
-                        raise DigestMismatch(f"chunk {idx} has sha256 {digest}, manifest says {want}")
-                    p.chunk_done(idx, digest)
-                    idx, h = idx + 1, hashlib.sha256()
-                    chunk_end = min(p.size, (idx + 1) * CHUNK_SIZE)
-            with self.lock:
-                self.fetched += len(piece)
-                self.bytes_seen += len(piece)
-            now = time.monotonic()
-            if now - last_report > 0.1:
-                last_report = now
-                self.progress(self.bytes_seen)
-        if pos != end:
-            raise SourceError(f"short read: {pos - start} of {end - start} bytes")
+        behind = WriteBehind(p)
+        try:
+            for piece in source.read_range(start, end - start):
+                if self.cancel.is_set():
+                    raise Cancelled()
+                if pos + len(piece) > end:
+                    raise SourceError(f"sent more than the {end - start} bytes asked for")
+                self.limiter.take(len(piece))
+                behind.write(pos, bytes(piece))  # a copy: the source reuses its buffer
+                view = memoryview(piece)
+                while view:
+                    take = min(len(view), chunk_end - pos)
+                    h.update(view[:take])
+                    view = view[take:]
+                    pos += take
+                    if pos == chunk_end:
+                        digest = h.hexdigest()
+                        want = self.target.chunks[idx] if self.target.chunks else None
+                        if want is not None and digest != want:
+                            raise DigestMismatch(
+                                f"chunk {idx} has sha256 {digest}, manifest says {want}")
+                        behind.chunk_done(idx, digest)
+                        idx, h = idx + 1, hashlib.sha256()
+                        chunk_end = min(p.size, (idx + 1) * CHUNK_SIZE)
+                with self.lock:
+                    self.fetched += len(piece)
+                    self.bytes_seen += len(piece)
+                now = time.monotonic()
+                if now - last_report > 0.1:
+                    last_report = now
+                    self.progress(self.bytes_seen)
+            if pos != end:
+                raise SourceError(f"short read: {pos - start} of {end - start} bytes")
+        except BaseException:
+            behind.abandon()
+            raise
+        behind.close()
         self.progress(self.bytes_seen)
 
 
@@ -336,10 +345,6 @@ SWARM_FAILS = 3
 SWARM_BENCH = 5.0
 #: Seconds a fetch waits with no chunk done and no holder gaining one before it fails.
 SWARM_STALL = 30.0
-#: Bytes of hashed prefix between two ``fdatasync`` of a peer pull's file: the
-#: writeback overlaps the transfer instead of all of it waiting for the final
-#: fsync (0.1 s for 253 MB here; seconds for a large model on a slow disk).
-SYNC_STEP = 64 * 1024 * 1024
 
 log = logging.getLogger("swarmd.models")
 

@@ -272,3 +272,30 @@ def test_catch_up_refuses_a_prefix_whose_bytes_are_wrong(tmp_path: Path, blob: t
     finally:
         p.close()
     assert not store.has_blob(sha)
+
+
+def test_a_write_that_fails_behind_the_reader_fails_the_pull(
+        tmp_path: Path, blob: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writes run in a second thread: its error still ends the fetch, and
+    nothing it did not write is journaled."""
+    from swarmd.models import partial as partial_mod
+    path, sha, _ = blob
+    store = ModelStore(tmp_path)
+    real = partial_mod.PartialBlob.write
+    calls = []
+
+    def failing(self: partial_mod.PartialBlob, offset: int, data: bytes) -> None:
+        calls.append(offset)
+        if offset >= CHUNK_SIZE:
+            raise OSError(28, "No space left on device")
+        real(self, offset, data)
+
+    monkeypatch.setattr(partial_mod.PartialBlob, "write", failing)
+    with pytest.raises(FetchError, match="No space left"):
+        fetch_blob(store, target(sha), [Recording(path)])
+    assert not store.has_blob(sha)
+    monkeypatch.setattr(partial_mod.PartialBlob, "write", real)
+    again = Recording(path)
+    res = fetch_blob(store, target(sha), [again])  # chunk 0 was written and journaled: kept
+    assert res.sha256 == sha and again.asked == [(CHUNK_SIZE, SIZE - CHUNK_SIZE)]
+    assert store.blob_file(sha).read_bytes() == path.read_bytes()
