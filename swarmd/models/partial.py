@@ -144,14 +144,20 @@ class PartialBlob:
             off += len(data)
         return h.hexdigest()
 
-    def _rehash_upto(self, end: int) -> None:
-        """Feed the whole-file hash from the file, from where it is to ``end``."""
-        while self._hashed < end:
-            data = os.pread(self._fd, min(READ_STEP, end - self._hashed), self._hashed)
+    def _feed(self, h: Any, start: int, end: int) -> None:
+        """Feed ``h`` with the file's bytes ``[start, end)``; OSError if it is shorter."""
+        while start < end:
+            data = os.pread(self._fd, min(READ_STEP, end - start), start)
             if not data:
                 raise OSError(f"{self.part_path} is shorter than {end} bytes")
-            self._hasher.update(data)
-            self._hashed += len(data)
+            h.update(data)
+            start += len(data)
+
+    def _rehash_upto(self, end: int) -> None:
+        """Feed the whole-file hash from the file, from where it is to ``end``."""
+        if self._hashed < end:
+            self._feed(self._hasher, self._hashed, end)
+            self._hashed = end
 
     # -- serving verified chunks to peers (the data plane's PartialFile)
     @property
@@ -196,26 +202,22 @@ class PartialBlob:
                 return pos
             self._hashed = -2
         end = pos
-        while end < self.size:
-            i = end // CHUNK_SIZE
-            with self._lock:
-                if i not in self.done:
-                    break
-            stop = i * CHUNK_SIZE + self.chunk_len(i)
-            while end < stop:
-                data = os.pread(self._fd, min(READ_STEP, stop - end), end)
-                if not data:
-                    stop = -1
-                    break
-                h.update(data)
-                end += len(data)
-            if stop < 0:
-                end = -1  # the file is short: finish() rehashes (and fails) from scratch
+        while end < self.size and self._is_done(end // CHUNK_SIZE):
+            stop = end // CHUNK_SIZE * CHUNK_SIZE + self.chunk_len(end // CHUNK_SIZE)
+            try:
+                self._feed(h, end, stop)
+            except OSError:
+                end = -1  # finish() rehashes from scratch (and fails on the short file)
                 break
+            end = stop
         with self._lock:
             if self._hashed == -2:
                 self._hasher, self._hashed = h, end
             return self._hashed
+
+    def _is_done(self, i: int) -> bool:
+        with self._lock:
+            return i in self.done
 
     def sync_data(self) -> None:
         """Start the bytes written so far on their way to disk (``fdatasync``), so

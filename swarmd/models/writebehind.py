@@ -41,18 +41,22 @@ class WriteBehind:
 
     def __init__(self, partial: PartialBlob) -> None:
         self.partial = partial
-        self._q: queue.Queue[tuple[int, bytes | str] | None] = queue.Queue(self.DEPTH)
+        # (offset, bytes) to write, or (chunk index, its sha256 hex) to journal;
+        # None ends the thread.
+        self._q: queue.Queue[tuple[int, bytes] | tuple[int, str] | None] = \
+            queue.Queue(self.DEPTH)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="swarmd-pull-write")
         self._thread.start()
 
-    def write(self, pos: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes) -> None:
         self._check()
-        self._q.put((pos, data))
+        self._q.put((offset, data))
 
     def chunk_done(self, index: int, digest: str) -> None:
+        """Journal chunk ``index`` once every byte queued before it is written."""
         self._check()
-        self._q.put((-1 - index, digest))
+        self._q.put((index, digest))
 
     def _check(self) -> None:
         if self._error is not None:
@@ -76,14 +80,13 @@ class WriteBehind:
         p, unsynced = self.partial, 0
         while (item := self._q.get()) is not None:
             if self._error is not None:
-                continue
-            pos, data = item
+                continue  # drain: the job's thread raises the error at its next call
             try:
-                if isinstance(data, str):
-                    p.chunk_done(-1 - pos, data)
+                if isinstance(item[1], str):
+                    p.chunk_done(item[0], item[1])
                 else:
-                    p.write(pos, data)
-                    unsynced += len(data)
+                    p.write(item[0], item[1])
+                    unsynced += len(item[1])
                     if unsynced >= SYNC_STEP:
                         p.sync_data()
                         unsynced = 0
