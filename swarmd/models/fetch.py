@@ -468,9 +468,10 @@ class _Swarm:
     def run(self) -> None:
         board = self.board
         version, since = -1, time.monotonic()
-        threads: list[threading.Thread] = [threading.Thread(
-            target=self.hash_ahead, daemon=True, name="swarmd-pull-hash")]
+        threads = [threading.Thread(target=self.hash_ahead, daemon=True,
+                                    name="swarmd-pull-hash")]
         threads[0].start()
+        streams_started = False
         try:
             while not self.cancel.is_set() and not board.finished():
                 next_poll = time.monotonic() + SWARM_POLL
@@ -481,13 +482,12 @@ class _Swarm:
                     holders = []
                 for h in holders:
                     self.add(h)
-                if len(threads) == 1:
-                    streams = [threading.Thread(target=self.worker, daemon=True,
-                                                name="swarmd-pull-stream")
-                               for _ in range(max(1, self.swarm.streams))]
-                    for t in streams:
-                        t.start()
-                    threads += streams
+                if not streams_started:  # after the first poll: the streams need peers
+                    streams_started = True
+                    for _ in range(max(1, self.swarm.streams)):
+                        threads.append(threading.Thread(target=self.worker, daemon=True,
+                                                        name="swarmd-pull-stream"))
+                        threads[-1].start()
                 if board.version != version:
                     version, since = board.version, time.monotonic()
                 if not board.servable():

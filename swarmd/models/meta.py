@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,16 +199,20 @@ def config_meta(doc: Any, fmt: str) -> ModelMeta:
 
 
 def preload(paths: Sequence[str]) -> None:
-    """Import what :func:`describe` will need for files at these relative
-    paths.  ``gguf`` (and numpy under it) takes about 0.2 s to import here, a
-    cost the first describe() in a process paid after the last byte of a
-    pull; a pull calls this in a thread as it starts, so the import overlaps
-    the transfer.  Errors are left for describe() to raise."""
+    """Start importing, in a thread, what :func:`describe` will need for files
+    at these relative paths (nothing to do: no thread).  ``gguf`` (and numpy
+    under it) takes about 0.2 s to import here, a cost the first describe()
+    in a process paid after the last byte of a pull; a pull calls this as it
+    starts, so the import overlaps the transfer."""
     if any(p.lower().endswith(".gguf") for p in paths):
-        try:
-            import gguf  # noqa: F401
-        except Exception:  # noqa: BLE001 - describe() reports it
-            pass
+        threading.Thread(target=_import_gguf, daemon=True, name="swarmd-meta-import").start()
+
+
+def _import_gguf() -> None:
+    try:
+        import gguf  # noqa: F401
+    except Exception:  # noqa: BLE001 - describe() reports it
+        pass
 
 
 def describe(files: Sequence[tuple[str, Path]]) -> ModelMeta:

@@ -199,8 +199,7 @@ class Puller:
         plan = got
         model_name = name or plan.name
         self.check(plan, model_name)
-        threading.Thread(target=preload, args=([f.path for f in plan.files],), daemon=True,
-                         name="swarmd-meta-import").start()
+        preload([f.path for f in plan.files])
         known = [f.sha256 for f in plan.files if f.sha256]
         self.store.pin(known)
         pinned: list[str] = []  # blobs fetch_blob pinned for us until the manifest is in
