@@ -162,9 +162,27 @@ class ProcWatch:
         self.cpu = {k: self._cpu(p) - self._c0[k] for k, p in self.pids.items()}
 
 
-def start_nginx_static(procs: Procs, root: Path, tmp: Path) -> tuple[str, int] | None:
+def nginx_exe() -> str | None:
+    """nginx's path; installed first (Debian's ``nginx``) when missing and this
+    runs as root with apt-get, since its figures are the references."""
     exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
                                     else None)
+    if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("# nginx is not installed: apt-get install nginx", file=sys.stderr, flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "nginx"]):
+            if subprocess.run(cmd, capture_output=True, env=env, check=False).returncode:
+                break
+        exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                        else None)
+    return exe
+
+
+def start_nginx_static(procs: Procs, root: Path, tmp: Path, host: str = "127.0.0.1",
+                       netns: str | None = None) -> tuple[str, int] | None:
+    """nginx (one worker, sendfile) serving ``root`` on ``host``, in network
+    namespace ``netns`` if given: (base URL, the worker's pid); None without nginx."""
+    exe = nginx_exe()
     if exe is None:
         return None
     d = tmp / "nginx"
@@ -187,25 +205,31 @@ http {{
   fastcgi_temp_path {d}/fastcgi;
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
-  server {{ listen 127.0.0.1:{port}; root {root}; }}
+  server {{ listen {host}:{port}; root {root}; }}
 }}
 """)
-    proc = procs.spawn("nginx", [exe, "-p", str(d), "-c", str(d / "nginx.conf"),
+    pre = ["ip", "netns", "exec", netns] if netns else []
+    proc = procs.spawn("nginx", [*pre, exe, "-p", str(d), "-c", str(d / "nginx.conf"),
                                  "-e", str(d / "error.log")])
-    base = f"http://127.0.0.1:{port}"
-    import urllib.request
+    base = f"http://{host}:{port}"
 
-    wait_until(lambda: urllib.request.urlopen(base + "/model.bin", timeout=1)  # noqa: S310
-               .status == 200, 10, "nginx", proc)
+    def up() -> bool:
+        r = subprocess.run([*pre, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                            "-r", "0-0", base + "/model.bin"], capture_output=True, text=True,
+                           check=False, timeout=5)
+        return r.stdout.strip() in ("200", "206")
+
+    wait_until(up, 10, "nginx", proc)
     # nginx has one worker: the worker, not the master, moves the bytes.
     time.sleep(0.3)
     kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     return base, int(kids[0]) if kids else proc.pid
 
 
-def curl(url: str, out: str, pids: dict[str, int]) -> dict[str, Any]:
+def curl(url: str, out: str, pids: dict[str, int], netns: str | None = None) -> dict[str, Any]:
+    pre = ["ip", "netns", "exec", netns] if netns else []
     with ProcWatch(pids) as w:
-        r = subprocess.run(["curl", "-s", "-o", out, "-w", "%{speed_download} %{size_download}",
+        r = subprocess.run([*pre, "curl", "-s", "-o", out, "-w", "%{speed_download} %{size_download}",
                             url], capture_output=True, text=True, check=True, timeout=120)
     speed, size = r.stdout.split()
     return {"MB_s": float(speed) / 1e6, "bytes": int(float(size)), "watch": w}

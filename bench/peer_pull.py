@@ -71,7 +71,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.dataplane import ProcWatch, curl, start_nginx_static  # noqa: E402
+from bench.dataplane import ProcWatch, curl, nginx_exe, start_nginx_static  # noqa: E402
 from bench.harness import Procs, die_on_sigterm  # noqa: E402
 from swarmd.testing.daemon import VENV_BIN, Daemon, wait_for  # noqa: E402
 from swarmd.testing.hub_servers import file_server, gemma_gguf, sha256_file  # noqa: E402
@@ -290,7 +290,7 @@ def run(a: argparse.Namespace, work: Path, procs: Procs, daemons: list[Daemon],
         pulls.append(p)
         first = p.finish()
         note(f"n1 pulled {NAME} from the file server in {p.seconds:.2f} s")
-        if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
+        if nginx_exe() is not None:
             shutil.copyfile(path, refs / "model.bin")
             os.chmod(refs / "model.bin", 0o644)
             ng = start_nginx_static(procs, refs, work)

@@ -77,6 +77,7 @@ class PartialFile(Protocol):
     def chunk_size(self) -> int: ...
     def covers(self, start: int, end: int) -> bool: ...
     def have_chunks(self) -> frozenset[int]: ...
+    def coming_chunks(self) -> frozenset[int]: ...
 
 
 #: What this node serves under a sha256 hex digest: a complete, verified file,
@@ -395,7 +396,8 @@ class DataPlaneServer:
                               node)
             have = wire.Have(size, wire.HAVE_CHUNK, None, peers)
         else:
-            have = wire.Have(served.size, served.chunk_size, served.have_chunks(), peers)
+            have = wire.Have(served.size, served.chunk_size, served.have_chunks(), peers,
+                             served.coming_chunks())
         return web.Response(status=200, body=wire.encode_have(have),
                             content_type="application/json", headers={wire.H_NODE: node})
 

@@ -33,6 +33,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 VERSION = 1
 PREFIX = f"/dp/{VERSION}"
@@ -326,12 +327,14 @@ def chunks_of(bitmap: bytes, count: int) -> frozenset[int]:
 @dataclass(frozen=True)
 class Have:
     """A node's answer about one blob: its size, chunk size, which chunks it holds
-    (``chunks`` None: the whole blob) and other members that asked about it."""
+    (``chunks`` None: the whole blob), other members that asked about it, and
+    (a node still pulling it) the chunks it is reading now, ``coming``."""
 
     size: int
     chunk_size: int
     chunks: frozenset[int] | None
     peers: tuple[str, ...] = ()
+    coming: frozenset[int] = frozenset()
 
     @property
     def count(self) -> int:
@@ -340,11 +343,15 @@ class Have:
 
 def encode_have(have: Have) -> bytes:
     """Compact JSON, keys ``size``, ``chunk_size``, ``complete``, ``chunks``
-    (base64 bitmap, only when not complete), ``peers``."""
+    (base64 bitmap, only when not complete), ``coming`` (the same, only when
+    not complete and not empty), ``peers``."""
     doc: dict[str, object] = {"size": have.size, "chunk_size": have.chunk_size,
                               "complete": have.chunks is None}
     if have.chunks is not None:
         doc["chunks"] = base64.b64encode(bitmap_of(have.chunks, have.count)).decode()
+        coming = have.coming - have.chunks
+        if coming:
+            doc["coming"] = base64.b64encode(bitmap_of(coming, have.count)).decode()
     doc["peers"] = list(have.peers[:MAX_HAVE_PEERS])
     return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -368,16 +375,25 @@ def decode_have(raw: bytes) -> Have:
     if not isinstance(complete, bool):
         raise WireError("have: bad complete")
     chunks: frozenset[int] | None = None
+    coming: frozenset[int] = frozenset()
     if not complete:
-        text = doc.get("chunks")
-        if not isinstance(text, str):
-            raise WireError("have: chunks missing")
-        try:
-            bitmap = base64.b64decode(text, validate=True)
-        except ValueError:
-            raise WireError("have: chunks is not base64") from None
-        chunks = chunks_of(bitmap, (size + cs - 1) // cs)
+        chunks = _bitmap_key(doc, "chunks", size, cs)
+        if "coming" in doc:
+            coming = _bitmap_key(doc, "coming", size, cs) - chunks
+    elif "coming" in doc:
+        raise WireError("have: coming on a complete blob")
     peers = doc.get("peers", [])
     good = tuple(p for p in (peers if isinstance(peers, list) else [])[:MAX_HAVE_PEERS]
                  if isinstance(p, str) and _PEER_ID.match(p))
-    return Have(size, cs, chunks, good)
+    return Have(size, cs, chunks, good, coming)
+
+
+def _bitmap_key(doc: dict[str, Any], key: str, size: int, cs: int) -> frozenset[int]:
+    text = doc.get(key)
+    if not isinstance(text, str):
+        raise WireError(f"have: {key} missing")
+    try:
+        bitmap = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise WireError(f"have: {key} is not base64") from None
+    return chunks_of(bitmap, (size + cs - 1) // cs)

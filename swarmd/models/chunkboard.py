@@ -16,15 +16,22 @@ some peer with a free stream holds (at most ``per_peer`` reads in flight
 per peer), read from the **least loaded** such peer, a partial holder
 before a full one at equal load.  So
 
-* the full holder mostly serves chunks no partial holder has yet, and each
-  partial holder serves what it has: the full holder's upload is spread
-  over the pullers instead of serving every puller every chunk;
+* a full holder's upload is the scarce one in a fan-out, so it is asked
+  only for chunks no partial holder holds or is reading now (``coming``, from
+  their ``have`` answers), one read at a time per fetch once partial holders
+  are known: the holder sends each chunk about once and the pullers trade the
+  rest.  A fetch with no read in flight at all may still take such a chunk
+  from a full holder (so a slow or silent partial holder cannot stall it);
+  one that knows no partial holder reads from a full holder with up to
+  ``per_peer`` reads -- after :meth:`ramp_up` (the fetch's second poll:
+  pullers started together have had time to hear of each other);
 * pullers that start together from one holder take chunks in different
   (random) orders once they know of each other (the first ``have`` polls,
   within a second), so they soon have chunks to trade.
 
 :meth:`set_peer` adds a peer or grows what it holds (a partial holder's
-chunks only ever grow; ``None`` means the whole blob); :meth:`failed` puts
+chunks only ever grow; ``None`` means the whole blob) and says what it is
+reading now; :meth:`failed` puts
 a chunk back; :meth:`drop` removes a peer, for good or until a given time
 (``until``: a peer that kept failing may come back at a later
 :meth:`set_peer`).  :meth:`take` blocks while nothing is available, and
@@ -43,7 +50,7 @@ from collections.abc import Iterable
 
 class ChunkBoard:
     def __init__(self, missing: Iterable[int], *, per_peer: int = 3,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, ramped: bool = True) -> None:
         self.per_peer = per_peer
         todo = sorted(set(missing))
         rng = rng or random.Random()
@@ -56,15 +63,19 @@ class ChunkBoard:
         self._done: set[int] = set()
         self._have: dict[str, frozenset[int] | None] = {}  # live peers; None = whole blob
         self._dropped: dict[str, float | None] = {}  # peer -> back after (monotonic), None: never
+        self._coming: dict[str, frozenset[int]] = {}  # partial peer -> chunks it reads now
+        self._ramped = ramped  # False: one read per full holder until ramp_up()
         self._closed = False
         self._cond = threading.Condition()
         self.version = 0
 
     # -- peers -----------------------------------------------------------------------------
 
-    def set_peer(self, peer: str, have: frozenset[int] | None) -> bool:
-        """Add ``peer`` or update what it holds; True if it is new (start its
-        streams).  A dropped peer stays dropped."""
+    def set_peer(self, peer: str, have: frozenset[int] | None,
+                 coming: frozenset[int] = frozenset()) -> bool:
+        """Add ``peer`` or update what it holds and (a partial holder) what it
+        reads now; True if it is new (start its streams).  A dropped peer
+        stays dropped."""
         with self._cond:
             if peer in self._dropped:
                 until = self._dropped[peer]
@@ -76,7 +87,10 @@ class ChunkBoard:
             if old is None:
                 return new  # a full holder stays one
             merged = None if have is None else old | have
-            if new or merged != old:
+            was = self._coming.pop(peer, frozenset())
+            if merged is not None and coming:
+                self._coming[peer] = coming - merged
+            if new or merged != old or self._coming.get(peer, frozenset()) != was:
                 self._have[peer] = merged
                 self.version += 1
                 self._cond.notify_all()
@@ -86,6 +100,7 @@ class ChunkBoard:
         """Remove ``peer``: for good, or until ``until`` (time.monotonic())."""
         with self._cond:
             self._have.pop(peer, None)
+            self._coming.pop(peer, None)
             self._dropped[peer] = until
             self._cond.notify_all()
 
@@ -116,11 +131,37 @@ class ChunkBoard:
     def _rarity(self, chunk: int) -> int:
         return sum(1 for h in self._have.values() if h is None or chunk in h)
 
+    def ramp_up(self) -> None:
+        """Let a full holder take ``per_peer`` reads while no partial holder is known."""
+        with self._cond:
+            self._ramped = True
+            self._cond.notify_all()
+
+    def _limit(self, peer: str, partials: bool) -> int:
+        """Reads in flight allowed from ``peer`` now."""
+        if self._have[peer] is None and (partials or not self._ramped):
+            return 1
+        return self.per_peer
+
     def _choose(self) -> tuple[str, int] | None:
+        partials = any(h is not None for h in self._have.values())
+        open_peers = [p for p in self._have if self._busy.get(p, 0) < self._limit(p, partials)]
+        # Chunks a partial holder holds or is reading: a full holder is not
+        # asked for them -- unless this fetch has nothing in flight at all.
+        elsewhere: set[int] = set()
+        for p, h in self._have.items():
+            if h is not None:
+                elsewhere |= h | self._coming.get(p, frozenset())
+        got = self._best(open_peers, elsewhere)
+        if got is None and elsewhere and not self._flight:
+            got = self._best(open_peers, set())
+        return got
+
+    def _best(self, peers: list[str], elsewhere: set[int]) -> tuple[str, int] | None:
         best: tuple[tuple[int, int], int, list[str]] | None = None
         for c in self._todo:
-            free = [p for p, h in self._have.items()
-                    if (h is None or c in h) and self._busy.get(p, 0) < self.per_peer]
+            free = [p for p in peers if (h := self._have[p]) is None and c not in elsewhere
+                    or h is not None and c in h]
             if not free:
                 continue
             key = (self._rarity(c), self._rank[c] if len(self._have) > 1 else c)
@@ -129,8 +170,7 @@ class ChunkBoard:
         if best is None:
             return None
         _, c, free = best
-        # Least loaded first; at equal load a partial holder before a full one
-        # (the full holder's upload is the scarce one in a fan-out).
+        # Least loaded first; at equal load a partial holder before a full one.
         peer = min(free, key=lambda p: (self._busy.get(p, 0), self._have[p] is None, p))
         return peer, c
 

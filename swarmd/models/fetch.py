@@ -34,9 +34,12 @@ partial.
 copies, and other nodes still pulling it that serve the chunks they have
 verified -- polled every :data:`SWARM_POLL` s.  A
 :class:`~swarmd.models.chunkboard.ChunkBoard` hands each peer's streams the
-rarest chunk that peer holds; every chunk is verified on arrival.  While it
-runs the partial is offered to the data plane (:meth:`ModelStore.serving`),
-so this node feeds other pullers in turn.  A peer whose bytes do not verify
+rarest chunk that peer holds (a full holder: one that no partial holder
+holds or is reading, as their ``have`` answers say); every chunk is verified
+on arrival.  While it runs the partial is offered to the data plane
+(:meth:`ModelStore.serving`), and the chunks its streams are reading are
+told there too (``coming``), so this node feeds other pullers in turn and
+they leave to it what it is already fetching.  A peer whose bytes do not verify
 is dropped for good and counted (``bad_sources``) at once.  A helper
 thread feeds the whole-file sha256 from the file as verified chunks extend
 its prefix (:meth:`~swarmd.models.partial.PartialBlob.catch_up`), so
@@ -339,6 +342,10 @@ def fetch_blob(
 
 #: Seconds between two polls of who holds which chunks.
 SWARM_POLL = 0.5
+#: Seconds from a peer pull's first poll to its second: until then it reads
+#: one chunk at a time from each full holder, since pullers that start
+#: together learn of each other only from the holder's ``have`` answers.
+SWARM_FIRST_POLL = 0.2
 #: Transient failures in a row after which a peer is benched.
 SWARM_FAILS = 3
 #: Seconds a benched peer sits out before a poll may bring it back.
@@ -351,11 +358,13 @@ log = logging.getLogger("swarmd.models")
 
 @dataclass(frozen=True)
 class Holder:
-    """A peer holding one blob: ``have`` None = the whole blob, else its chunk indices."""
+    """A peer holding one blob: ``have`` None = the whole blob, else its chunk
+    indices, and ``coming`` the chunks it is reading now (a partial holder)."""
 
     key: str  # stable id (a node id)
     label: str  # shown in progress, errors and bad_sources
     have: frozenset[int] | None
+    coming: frozenset[int] = frozenset()
 
 
 class ChunkSwarm(Protocol):
@@ -394,7 +403,7 @@ class _Swarm:
     def add(self, h: Holder) -> None:
         if h.key not in self.sources:
             self.sources[h.key] = self.swarm.source(h.key)
-        if self.board.set_peer(h.key, h.have) and h.key not in self.labels:
+        if self.board.set_peer(h.key, h.have, h.coming) and h.key not in self.labels:
             self.labels[h.key] = h.label
             self.on_source(h.label)
 
@@ -420,11 +429,13 @@ class _Swarm:
                 return
             key, i = got
             n = p.chunk_len(i)
+            p.reading(i, True)  # told in `have`: other pullers leave it to us
             try:
                 self.limiter.take(n)
                 self.sources[key].write_range(p.part_path, i * CHUNK_SIZE, n,
                                               self.target.chunks[i])
             except Exception as exc:  # noqa: BLE001 - every failure is the source's
+                p.reading(i, False)
                 # No invalidate_hash: only verified chunks ever feed the
                 # whole-file hash here (catch_up), and this one is not one.
                 board.failed(i)
@@ -442,6 +453,7 @@ class _Swarm:
                         self.cancel.wait(0.25 * 2 ** fails)
                 continue
             p.chunk_done(i, self.target.chunks[i])
+            p.reading(i, False)
             board.done(i)
             label = self.labels.get(key, key)
             with self.lock:
@@ -472,9 +484,13 @@ class _Swarm:
                                     name="swarmd-pull-hash")]
         threads[0].start()
         streams_started = False
+        polls = 0
         try:
             while not self.cancel.is_set() and not board.finished():
-                next_poll = time.monotonic() + SWARM_POLL
+                # The second poll comes soon: it ramps the full holders up
+                # (ChunkBoard.ramp_up) once pullers started together could
+                # have heard of each other.
+                next_poll = time.monotonic() + (SWARM_FIRST_POLL if polls == 0 else SWARM_POLL)
                 try:
                     holders = list(self.swarm.holders())
                 except Exception as exc:  # noqa: BLE001 - a poll failure is not fatal
@@ -482,6 +498,9 @@ class _Swarm:
                     holders = []
                 for h in holders:
                     self.add(h)
+                polls += 1
+                if polls == 2:
+                    board.ramp_up()
                 if not streams_started:  # after the first poll: the streams need peers
                     streams_started = True
                     for _ in range(max(1, self.swarm.streams)):
@@ -530,7 +549,7 @@ def fetch_swarm(
             for i, d in list(partial.done.items()):
                 if target.chunks[i] != d:
                     del partial.done[i]
-            board = ChunkBoard(partial.missing(), per_peer=swarm.per_peer)
+            board = ChunkBoard(partial.missing(), per_peer=swarm.per_peer, ramped=False)
             f = _Swarm(partial, target, swarm, board, progress, cancel, limiter, on_source)
             progress(f.bytes_seen)
             with store.serving(target.sha256, partial):

@@ -81,6 +81,7 @@ class PartialBlob:
         self._hasher = hashlib.sha256()
         self._hashed = 0  # bytes [0, _hashed) are in _hasher; -1 = start over at finish
         self._journal_lock = threading.Lock()
+        self._coming: set[int] = set()  # chunks being read now (told in `have`)
 
     # -- opening and resuming
     def open(self) -> None:
@@ -175,6 +176,20 @@ class PartialBlob:
     def have_chunks(self) -> frozenset[int]:
         with self._lock:
             return frozenset(self.done)
+
+    def coming_chunks(self) -> frozenset[int]:
+        """Chunks a stream is reading now (not yet verified): other pullers
+        leave them to this node rather than ask the full holder for them too."""
+        with self._lock:
+            return frozenset(self._coming - self.done.keys())
+
+    def reading(self, i: int, now: bool) -> None:
+        """Chunk ``i`` is being read (``now``), or no longer is."""
+        with self._lock:
+            if now:
+                self._coming.add(i)
+            else:
+                self._coming.discard(i)
 
     # -- writing
     def missing(self) -> list[int]:

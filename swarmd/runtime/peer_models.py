@@ -158,7 +158,8 @@ class PeerSwarm:
                         ans.size != self.size:
                     continue
                 name = alive[node_id]
-                out.append(Holder(node_id, f"peer {name or node_id[-8:]}", ans.chunks))
+                out.append(Holder(node_id, f"peer {name or node_id[-8:]}", ans.chunks,
+                                  ans.coming))
             todo += [n for n in self.partial if n not in asked][:MAX_PARTIAL_PEERS]
         return out
 

@@ -103,6 +103,24 @@ class Lab:
     def heal(self, i: int) -> None:
         _run("ip", "link", "set", self.host_veth(i), "up")
 
+    def shape(self, i: int, mbit: float) -> None:
+        """Host ``i``'s link runs at ``mbit`` Mbit/s each way, as a NIC of that speed.
+
+        A token bucket (``tbf``; this kernel has no netem) on both ends of its
+        veth: inside the namespace it caps the host's upload, on the bridge
+        side its download.  The bucket holds 4 ms of the rate (at least 64 KB,
+        so a 64 KB GSO packet passes whole); packets wait at most 20 ms in it.
+        ``mbit`` <= 0 takes the limit off.
+        """
+        ex = ("ip", "netns", "exec", self.hosts[i])
+        for pre, dev in (((), self.host_veth(i)), (ex, "eth0")):
+            if mbit <= 0:
+                _run(*pre, "tc", "qdisc", "del", "dev", dev, "root", check=False)
+                continue
+            burst_kb = max(64, int(mbit * 4 / 8))  # 4 ms of mbit, in KB
+            _run(*pre, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate",
+                 f"{mbit}mbit", "burst", f"{burst_kb}kb", "latency", "20ms")
+
     def loss(self, i: int, percent: float) -> None:
         """Random loss on host ``i``'s link, both directions.
 

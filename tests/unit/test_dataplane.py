@@ -493,6 +493,7 @@ class _Partial:
 
     def __init__(self, part_path: Path, size: int, done: set[int]) -> None:
         self.part_path, self.size, self.done = part_path, size, done
+        self.coming: set[int] = set()
 
     def covers(self, start: int, end: int) -> bool:
         cs = self.chunk_size
@@ -501,6 +502,9 @@ class _Partial:
 
     def have_chunks(self) -> frozenset[int]:
         return frozenset(self.done)
+
+    def coming_chunks(self) -> frozenset[int]:
+        return frozenset(self.coming)
 
 
 def test_a_partial_blob_serves_verified_chunks_only_and_have_names_other_askers(
@@ -537,6 +541,10 @@ def test_a_partial_blob_serves_verified_chunks_only_and_have_names_other_askers(
             assert (have.size, have.chunk_size, have.chunks) == (len(data), mib,
                                                                  frozenset({0, 2}))
             assert have.peers == ()  # only A asked, and A is not told of itself
+            assert have.coming == frozenset()
+            partial.coming.update({3, 4})  # being read: told, so others leave them to it
+            assert (await n.client.have(B.peer_id, digest)).coming == frozenset({3, 4})
+            partial.coming.clear()
             # Another member asks: the answer names A, which read that blob.
             n.alive.add(C.peer_id)
             other = DataPlaneClient(node_cert(C, SECRET), lambda p: p in n.alive,

@@ -201,7 +201,8 @@ def test_relayed_headers_drop_hop_by_hop_and_plane_headers() -> None:
 def test_have_answers_match_the_vectors() -> None:
     for v in V["have"]["valid"]:
         chunks = None if v["chunks"] is None else frozenset(v["chunks"])
-        have = wire.Have(v["size"], v["chunk_size"], chunks, tuple(v["peers"]))
+        have = wire.Have(v["size"], v["chunk_size"], chunks, tuple(v["peers"]),
+                         frozenset(v["coming"]))
         assert wire.encode_have(have).decode() == v["body"]
         assert wire.decode_have(v["body"].encode()) == have
         assert wire.have_path("ab" * 32) == v["path"]

@@ -46,23 +46,69 @@ def test_rarest_chunk_first_from_the_least_loaded_peer_that_holds_it() -> None:
     b.set_peer("full", None)
     b.set_peer("p1", frozenset({0, 1, 2}))
     b.set_peer("p2", frozenset({1, 2}))
-    # Chunks only the full holder has (3, 4, 5) go first, from it, up to its limit.
-    first = [b.take(), b.take()]
-    assert all(p == "full" for p, _ in first)  # type: ignore[misc]
-    assert sorted(c for _, c in first) in ([3, 4], [3, 5], [4, 5])  # type: ignore[misc]
-    assert b.busy("full") == 2
+    # Chunks only the full holder has (3, 4, 5) go first, from it; with partial
+    # holders known it serves one read at a time.
+    first = b.take()
+    assert first is not None and first[0] == "full" and first[1] in (3, 4, 5)
+    assert b.busy("full") == 1
     # The full holder is at its limit: chunk 0 (full + p1) is next, from p1.
     assert b.take() == ("p1", 0)
     # Chunks 1 and 2 (three holders): p2 is the least loaded.
     p, c = b.take()  # type: ignore[misc]
     assert p == "p2" and c in (1, 2)
-    assert b.take() in (("p1", 3 - c), ("p2", 3 - c))
-    assert b.pick() is None  # the last chunk only the full holder has: it is busy
-    b.done(first[0][1])  # type: ignore[index]
-    assert b.pick() is not None and b.pick()[0] == "full"  # type: ignore[index]
+    assert b.take() == ("p1", 3 - c)  # equal load: by name
+    assert b.pick() is None  # the chunks only the full holder has: it is busy
+    b.done(first[1])
+    got = b.pick()
+    assert got is not None and got[0] == "full" and got[1] in (3, 4, 5)
     for chunk in range(6):
         b.done(chunk)
     assert b.finished() and b.take() is None and b.busy("full") == 0
+
+
+def test_a_full_holder_is_left_the_chunks_partial_holders_hold_or_read() -> None:
+    b = ChunkBoard(range(4), rng=random.Random(3))
+    b.set_peer("full", None)
+    b.set_peer("p", frozenset({0}), coming=frozenset({1}))  # holds 0, reads 1 now
+    a = b.take()
+    assert a is not None and a[0] == "full" and a[1] in (2, 3)  # neither held nor coming
+    assert b.take() == ("p", 0)  # a read from the partial holder in flight
+    b.done(a[1])
+    assert b.take() == ("full", 5 - a[1])  # the other chunk nobody else has
+    b.done(5 - a[1])
+    # Chunk 1 is coming at p, and this fetch reads from p: left to p.
+    assert b.pick() is None
+    b.done(0)
+    # Nothing in flight: the full holder may serve it (a slow or silent
+    # partial holder cannot stall the fetch).
+    assert b.pick() == ("full", 1)
+    b.set_peer("p", frozenset({0, 1}))  # p has it now: from p, the least loaded
+    assert b.pick() == ("p", 1)
+
+
+def test_coming_is_what_a_partial_holder_reads_now_not_what_it_holds() -> None:
+    b = ChunkBoard(range(3), rng=random.Random(0))
+    b.set_peer("p", frozenset({0}), coming=frozenset({0, 1}))
+    v = b.version
+    b.set_peer("p", frozenset({0}), coming=frozenset({2}))  # replaced, not merged
+    assert b.version > v
+    b.set_peer("full", None)
+    assert b.take() == ("full", 1)  # 2 is coming at p: left to it
+    assert b.take() == ("p", 0)
+    b.done(1)
+    assert b.pick() is None  # only 2 is left: coming at p, and a read from p is out
+    b.set_peer("p", frozenset({0}))  # no longer reading 2
+    assert b.pick() == ("full", 2)
+
+
+def test_a_fetch_starts_with_one_read_per_full_holder_until_ramped_up() -> None:
+    b = ChunkBoard(range(4), per_peer=3, ramped=False)
+    b.set_peer("full", None)
+    assert b.take() == ("full", 0)
+    assert b.pick() is None  # one read until the fetch has polled again
+    b.ramp_up()
+    assert b.take() == ("full", 1) and b.take() == ("full", 2)
+    assert b.pick() is None  # per_peer reached
 
 
 def test_a_partial_holder_is_preferred_over_the_full_one_at_equal_load() -> None:
@@ -78,7 +124,11 @@ def test_random_order_spreads_pullers_over_different_chunks() -> None:
         b = ChunkBoard(range(16), rng=random.Random(seed))
         b.set_peer("holder", None)
         b.set_peer("other puller", frozenset())  # known, holding nothing yet
-        firsts.add(tuple(b.take() for _ in range(3)))
+        got = []
+        for _ in range(3):  # one read at a time from the holder, with a puller known
+            got.append(b.take())
+            b.done(got[-1][1])  # type: ignore[index]
+        firsts.add(tuple(got))
     assert len(firsts) > 10  # pullers starting together do not all read chunks 0, 1, 2
 
 
@@ -92,7 +142,13 @@ def test_one_peer_known_means_index_order_so_the_hash_can_follow() -> None:
         for _, c in got:
             b.done(c)
         b.set_peer("other puller", frozenset())  # from here on: the fetch's random order
-        after.add(tuple(c for _, c in (b.take() for _ in range(3))))
+        seq = []
+        for _ in range(3):
+            took = b.take()
+            assert took is not None
+            seq.append(took[1])
+            b.done(took[1])
+        after.add(tuple(seq))
     assert len(after) > 5
 
 
@@ -195,6 +251,7 @@ class Peer:
     def __init__(self, data: bytes, label: str, have: frozenset[int] | None, *,
                  corrupt: bool = False, lies: bool = False, flaky: int = 0) -> None:
         self.data, self.label, self.have = data, label, have
+        self.serves = have  # what it really holds (a liar's `have` says more)
         self.corrupt, self.lies, self.flaky = corrupt, lies, flaky
         self.asked: list[int] = []
         self.on_read = lambda: None
@@ -206,7 +263,7 @@ class Peer:
         if self.flaky:
             self.flaky -= 1
             raise SourceError(f"{self.label}: connection reset")
-        if self.have is not None and i not in self.have:
+        if self.serves is not None and i not in self.serves:
             if self.lies:
                 raise Gone(f"{self.label}: incomplete: chunk {i} not verified here")
             raise AssertionError(f"chunk {i} asked of {self.label}, which does not hold it")
@@ -251,8 +308,7 @@ def test_partial_holders_serve_what_they_have_and_bad_peers_are_dropped(
     assert target.sha256 is not None
     partial = Peer(data, "peer partial", frozenset({1, 2}))
     liar = Peer(data, "peer liar", frozenset({0, 3}), lies=True)
-    liar.have = frozenset({0, 3})
-    liar_real: frozenset[int] = frozenset()  # it holds nothing, whatever it says
+    liar.serves = frozenset()  # it holds nothing, whatever it says
     corrupt = Peer(data, "peer corrupt", None, corrupt=True)
     full = Peer(data, "peer full", None, flaky=1)
     seen: list[object] = []
@@ -271,16 +327,6 @@ def test_partial_holders_serve_what_they_have_and_bad_peers_are_dropped(
 
     for p in (partial, liar, corrupt, full):
         p.on_read = check_served
-    liar_write = liar.write_range
-
-    def liar_range(dest: Path, offset: int, length: int, expect: str) -> None:
-        liar.have = liar_real  # it claimed chunks 0 and 3 but has none
-        try:
-            liar_write(dest, offset, length, expect)
-        finally:
-            liar.have = frozenset({0, 3})
-
-    liar.write_range = liar_range  # type: ignore[method-assign]
     sources: list[str] = []
     res = fetch_swarm(store, target, Swarm([partial, liar, corrupt, full]),
                       on_source=sources.append)

@@ -91,12 +91,19 @@ def main() -> None:
         '{"size":1,"chunk_size":0,"complete":true}', '{"size":1,"chunk_size":1,"complete":1}',
         '{"size":10,"chunk_size":1,"complete":false}',
         '{"size":10,"chunk_size":1,"complete":false,"chunks":"!!"}',
-        '{"size":1099511627776,"chunk_size":1,"complete":true}']}
+        '{"size":1099511627776,"chunk_size":1,"complete":true}',
+        '{"size":10,"chunk_size":1,"complete":false,"chunks":"AAA=","coming":"!!"}',
+        '{"size":10,"chunk_size":1,"complete":false,"chunks":"AAA=","coming":"AAE="}',
+        '{"size":10,"chunk_size":1,"complete":false,"chunks":"AAA=","coming":5}',
+        '{"size":10,"chunk_size":1,"complete":true,"coming":"AAA="}']}
     for have in (wire.Have(10 * 16_777_216 - 5, 16_777_216, frozenset({0, 9}), ("12D3KooWabc",)),
-                 wire.Have(5, 16_777_216, None)):
+                 wire.Have(5, 16_777_216, None),
+                 wire.Have(10 * 16_777_216 - 5, 16_777_216, frozenset({0}), (),
+                           frozenset({3, 4}))):
         out["have"]["valid"].append({
             "size": have.size, "chunk_size": have.chunk_size, "peers": list(have.peers),
             "chunks": None if have.chunks is None else sorted(have.chunks),
+            "coming": sorted(have.coming),
             "path": wire.have_path("ab" * 32), "body": wire.encode_have(have).decode()})
     path = Path(__file__).with_name("vectors.json")
     path.write_text(json.dumps(out, indent=1) + "\n")
