@@ -11,7 +11,10 @@ The real Gemma 3 270M Q4_K_M GGUF (241 MiB, assembled from its PyPI wheels into
   pull        swarmctl-equivalent full pull of hf:ORG/REPO:Q4_K_M in a fresh
               process: Hub API listing, transfer, GGUF metadata, manifest
 
-Each pull runs in its own subprocess (modules a daemon would already have
+Every measured transfer starts :data:`SETTLE_S` s after the last file delete
+(the memory all of them write into is then the same kind, see
+bench/peer_pull.py's ``settle_pages``); curl right after a delete is shown as a
+reference row.  Each pull runs in its own subprocess (modules a daemon would already have
 loaded -- huggingface_hub's API client, gguf, numpy -- imported first, as
 after a daemon's first pull), which reports its RSS after imports and
 its peak RSS (ru_maxrss) at the end: the growth is what a pull costs in memory
@@ -53,7 +56,7 @@ def rss():
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
-mode, store_dir, arg = sys.argv[1:4]
+mode, store_dir, arg, start_at = sys.argv[1:5]
 from swarmd.models.store import ModelStore
 from swarmd.models.puller import Puller
 from swarmd.models.sources.base import SourceSettings
@@ -64,6 +67,7 @@ from swarmd.models.sources.http import HttpRangeSource
 import swarmd.models.sources.hf, huggingface_hub.hf_api, gguf, numpy
 base = rss()
 store = ModelStore(Path(store_dir))
+time.sleep(max(0.0, float(start_at) - time.monotonic()))  # SETTLE_S after the last delete
 t = time.perf_counter()
 r0 = resource.getrusage(resource.RUSAGE_SELF)
 if mode == "pull":
@@ -81,11 +85,31 @@ print(json.dumps({"seconds": dt, "cpu": cpu, "size": size, "rss_base": base, "rs
 """.replace("REPO", REPO)
 
 
-def child(mode: str, store: Path, arg: str) -> dict[str, float]:
+#: Seconds every measured transfer starts after the last file delete (see bench/peer_pull.py's
+#: settle_pages: on this kind of VM, memory freed by a delete is handed back to the host
+#: after about a second, and writing into it again costs CPU; the puller's imports alone
+#: take about that long, so without this curl always met warm memory and the puller cold).
+SETTLE_S = 2.5
+
+
+def child(mode: str, store: Path, arg: str, deleted_at: float) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(store), arg], env=env,
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(store), arg,
+                          str(deleted_at + SETTLE_S)], env=env,
                          capture_output=True, text=True, timeout=120, check=True)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def curl_once(url: str, out: Path, size: int) -> tuple[float, float]:
+    """Seconds and CPU seconds of one ``curl -o``; the file is checked and deleted."""
+    t = time.perf_counter()
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(["curl", "-s", "-f", "-o", str(out), url], check=True)
+    secs = time.perf_counter() - t
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert out.stat().st_size == size
+    out.unlink()
+    return secs, c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime
 
 
 def main() -> int:
@@ -99,27 +123,28 @@ def main() -> int:
     size = path.stat().st_size
     work = Path(tempfile.mkdtemp(prefix="swarmd-bench-pull-"))
     hub = FakeHub({REPO: HubRepo({path.name: path})})
-    rows: dict[str, list[float]] = {"curl": [], "transfer": [], "pull": []}
-    cpu: dict[str, list[float]] = {"curl": [], "transfer": [], "pull": []}
+    rows: dict[str, list[float]] = {"curl": [], "transfer": [], "pull": [], "warm": []}
+    cpu: dict[str, list[float]] = {"curl": [], "transfer": [], "pull": [], "warm": []}
     rss: list[tuple[float, float]] = []
     try:
         with hub.server as srv:
             blob_url = f"{srv.url}/cdn/{sha}"
+            out = work / "curl.out"
+            curl_once(blob_url, out, size)  # warm-up
             for r in range(args.rounds):
-                out = work / "curl.out"
-                t = time.perf_counter()
-                c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                subprocess.run(["curl", "-s", "-f", "-o", str(out), blob_url], check=True)
-                rows["curl"].append(time.perf_counter() - t)
-                c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                cpu["curl"].append(c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime)
-                assert out.stat().st_size == size
-                out.unlink()
-                res = child("transfer", work / f"t{r}", f"{blob_url} {size}")
+                # curl right after a delete (the memory it frees is still the guest's)
+                secs, c = curl_once(blob_url, out, size)
+                rows["warm"].append(secs)
+                cpu["warm"].append(c)
+                time.sleep(SETTLE_S)
+                secs, c = curl_once(blob_url, out, size)
+                rows["curl"].append(secs)
+                cpu["curl"].append(c)
+                res = child("transfer", work / f"t{r}", f"{blob_url} {size}", time.monotonic())
                 rows["transfer"].append(res["seconds"])
                 cpu["transfer"].append(res["cpu"])
                 shutil.rmtree(work / f"t{r}")
-                res = child("pull", work / f"p{r}", srv.url)
+                res = child("pull", work / f"p{r}", srv.url, time.monotonic())
                 rows["pull"].append(res["seconds"])
                 cpu["pull"].append(res["cpu"])
                 rss.append((res["rss_base"], res["rss_peak"]))
@@ -135,7 +160,8 @@ def main() -> int:
     print(f"|{'-' * 36}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 8}|")
     labels = {"curl": "curl -o (no hashing, no fsync)",
               "transfer": "swarmd fetch engine (hash + fsync)",
-              "pull": "swarmd pull hf: (API + meta too)"}
+              "pull": "swarmd pull hf: (API + meta too)",
+              "warm": "(ref.) curl -o, right after a delete"}
     for k, v in rows.items():
         s = statistics.median(v)
         c = statistics.median(cpu[k])
