@@ -38,13 +38,18 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
 
 
 #: Largest single ``pwrite`` (bytes).  On this project's test machines (VMs on
-#: Linux 6.18, ext4) a write of 1 MiB or more into the page cache made the
-#: kernel take large folios from free memory the guest had handed back to the
-#: host, and 241 MiB written in 1 MiB writes cost 0.63-0.92 CPU s where the
-#: same bytes in 512 KiB, 256 KiB or 64 KiB writes cost 0.07-0.09 s (dd,
-#: measured side by side, the pages freed 2.5 s before); right after a delete
-#: both cost 0.08 s.  Smaller writes cost a few more system calls (about
-#: 1,000 per GB), nothing measurable.
+#: Linux 6.18, ext4) a large write into the page cache makes the kernel take
+#: large folios, and when the guest has handed its free memory back to the
+#: host (a second or so after a file is deleted) taking them again is costly.
+#: Where that starts moves with the host, from minute to minute: in one
+#: session 241 MiB in 1 MiB writes cost 0.63-0.92 CPU s and in 512, 256 or 64
+#: KiB writes 0.07-0.09 s; in another, 256 MB in 256, 128 or 64 KiB writes
+#: cost 0.07-0.58 s from run to run, in 32 KiB writes 0.075-0.085 s and in 16
+#: KiB writes 0.105-0.115 s every time (the pages freed 2.5 s before; right
+#: after a delete all are cheap).  32 KiB writes would dodge it in both, but
+#: when the host is calm they made bench/model_pull.py's fetch 2-7% slower
+#: than 256 KiB (three side-by-side pairs), and the effect is this kind of
+#: VM's, not Linux's: 256 KiB stays.
 WRITE_STEP = 256 * 1024
 
 
