@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from bench.harness import (  # noqa: E402
     Procs,
     die_on_sigterm,
     free_port,
+    nginx_exe,
     run_loadgen,
     start_engine,
     wait_until,
@@ -160,22 +160,6 @@ class ProcWatch:
         self._stop.set()
         self._t.join()
         self.cpu = {k: self._cpu(p) - self._c0[k] for k, p in self.pids.items()}
-
-
-def nginx_exe() -> str | None:
-    """nginx's path; installed first (Debian's ``nginx``) when missing and this
-    runs as root with apt-get, since its figures are the references."""
-    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                    else None)
-    if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        print("# nginx is not installed: apt-get install nginx", file=sys.stderr, flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "nginx"]):
-            if subprocess.run(cmd, capture_output=True, env=env, check=False).returncode:
-                break
-        exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                        else None)
-    return exe
 
 
 def start_nginx_static(procs: Procs, root: Path, tmp: Path, host: str = "127.0.0.1",

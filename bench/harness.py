@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +48,25 @@ def die_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def nginx_exe() -> str | None:
+    """nginx's path; installed first (Debian's ``nginx``) when missing and this
+    runs as root with apt-get, since its figures are the references."""
+
+    def find() -> str | None:
+        return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                         else None)
+
+    exe = find()
+    if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("# nginx is not installed: apt-get install nginx", file=sys.stderr, flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "nginx"]):
+            if subprocess.run(cmd, capture_output=True, env=env, check=False).returncode:
+                break
+        exe = find()
+    return exe
 
 
 class Procs:

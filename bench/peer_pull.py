@@ -71,8 +71,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.dataplane import ProcWatch, curl, nginx_exe, start_nginx_static  # noqa: E402
-from bench.harness import Procs, die_on_sigterm  # noqa: E402
+from bench.dataplane import ProcWatch, curl, start_nginx_static  # noqa: E402
+from bench.harness import Procs, die_on_sigterm, nginx_exe  # noqa: E402
 from swarmd.testing.daemon import VENV_BIN, Daemon, wait_for  # noqa: E402
 from swarmd.testing.hub_servers import file_server, gemma_gguf, sha256_file  # noqa: E402
 
@@ -478,19 +478,30 @@ def main() -> int:
             finally:
                 kill_all(daemons, pulls)
     except Exception:
-        traceback.print_exc()
-        for d in daemons:
-            print(f"\n--- {d.name} log tail ---\n{d.log()[-1500:]}", file=sys.stderr)
+        print_failure(daemons)
     finally:
-        print(f"\n(total {time.monotonic() - t0:.0f} s)", file=sys.stderr)
-        if ok and not a.keep_logs:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            for d in daemons:  # the blobs are big: keep logs and configs only
-                shutil.rmtree(d.dir / "data" / "models", ignore_errors=True)
-            shutil.rmtree(work / "refs", ignore_errors=True)
-            print(f"logs kept in {work}", file=sys.stderr)
+        end_run(work, daemons, t0, keep=not ok or a.keep_logs)
     return 0 if ok else 1
+
+
+def print_failure(daemons: list[Daemon]) -> None:
+    """The exception being handled, then each daemon's log tail."""
+    traceback.print_exc()
+    for d in daemons:
+        print(f"\n--- {d.name} log tail ---\n{d.log()[-1500:]}", file=sys.stderr)
+
+
+def end_run(work: Path, daemons: list[Daemon], t0: float, keep: bool) -> None:
+    """The run's total time; the work dir removed, or (``keep``) kept without
+    the model blobs and the curl references, which are big."""
+    print(f"\n(total {time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    for d in daemons:
+        shutil.rmtree(d.dir / "data" / "models", ignore_errors=True)
+    shutil.rmtree(work / "refs", ignore_errors=True)
+    print(f"logs kept in {work}", file=sys.stderr)
 
 
 if __name__ == "__main__":

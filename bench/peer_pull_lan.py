@@ -49,7 +49,6 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +62,11 @@ from bench.peer_pull import (  # noqa: E402
     Pull,
     all_alive,
     blob,
+    end_run,
     kill_all,
     note,
     pid,
+    print_failure,
     settle_pages,
     stored_on,
 )
@@ -157,7 +158,8 @@ def one_rate(a: argparse.Namespace, lab: netns.Lab, ds: list[Daemon], base: str,
 
 
 def run(a: argparse.Namespace, work: Path, procs: Procs, daemons: list[Daemon],
-        pulls: list[Pull]) -> list[RateResult]:
+        pulls: list[Pull]) -> tuple[list[RateResult], int]:
+    """Each rate's results, and the file's size."""
     path, sha = (a.model, sha256_file(a.model)) if a.model else gemma_gguf()
     size = path.stat().st_size
     with netns.Lab(1 + a.fanout) as lab:
@@ -186,7 +188,7 @@ def run(a: argparse.Namespace, work: Path, procs: Procs, daemons: list[Daemon],
             base, ngpid = ng
             return [one_rate(a, lab, daemons, base, ngpid, work / "curl.out", sha, digest,
                              size, m)
-                    for m in a.mbit]
+                    for m in a.mbit], size
         finally:
             kill_all(daemons, pulls)  # before the namespaces go
 
@@ -249,23 +251,13 @@ def main() -> int:
     good = False
     try:
         with Procs(work) as procs:
-            results = run(a, work, procs, daemons, [])
-        size = (a.model or gemma_gguf()[0]).stat().st_size
+            results, size = run(a, work, procs, daemons, [])
         print_table(results, size, a.fanout)
         good = True
     except Exception:
-        traceback.print_exc()
-        for d in daemons:
-            print(f"\n--- {d.name} log tail ---\n{d.log()[-1500:]}", file=sys.stderr)
+        print_failure(daemons)
     finally:
-        print(f"\n(total {time.monotonic() - t0:.0f} s)", file=sys.stderr)
-        for d in daemons:  # the blobs are big: keep logs and configs only
-            shutil.rmtree(d.dir / "data" / "models", ignore_errors=True)
-        shutil.rmtree(work / "refs", ignore_errors=True)
-        if good:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs kept in {work}", file=sys.stderr)
+        end_run(work, daemons, t0, keep=not good)
     return 0 if good else 1
 
 

@@ -65,6 +65,7 @@ from bench.harness import (  # noqa: E402
     chat_ok,
     die_on_sigterm,
     free_port,
+    nginx_exe,
     run_loadgen,
     start_engine,
     wait_until,
@@ -94,8 +95,7 @@ class Setup:
 
 
 def start_nginx(procs: Procs, engine: str, tmp: Path) -> str:
-    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                    else None)
+    exe = nginx_exe()
     if exe is None:
         raise RuntimeError("nginx not installed (Debian: apt-get install nginx)")
     d = tmp / "nginx"

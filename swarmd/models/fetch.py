@@ -483,7 +483,6 @@ class _Swarm:
         threads = [threading.Thread(target=self.hash_ahead, daemon=True,
                                     name="swarmd-pull-hash")]
         threads[0].start()
-        streams_started = False
         polls = 0
         try:
             while not self.cancel.is_set() and not board.finished():
@@ -501,8 +500,7 @@ class _Swarm:
                 polls += 1
                 if polls == 2:
                     board.ramp_up()
-                if not streams_started:  # after the first poll: the streams need peers
-                    streams_started = True
+                if polls == 1:  # the streams start after the first poll: they need peers
                     for _ in range(max(1, self.swarm.streams)):
                         threads.append(threading.Thread(target=self.worker, daemon=True,
                                                         name="swarmd-pull-stream"))

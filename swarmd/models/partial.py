@@ -178,10 +178,11 @@ class PartialBlob:
             return frozenset(self.done)
 
     def coming_chunks(self) -> frozenset[int]:
-        """Chunks a stream is reading now (not yet verified): other pullers
-        leave them to this node rather than ask the full holder for them too."""
+        """Chunks a stream is reading now: other pullers leave them to this node
+        rather than ask the full holder for them too.  (One just verified may
+        still be listed for a moment; ``encode_have`` drops those.)"""
         with self._lock:
-            return frozenset(self._coming - self.done.keys())
+            return frozenset(self._coming)
 
     def reading(self, i: int, now: bool) -> None:
         """Chunk ``i`` is being read (``now``), or no longer is."""

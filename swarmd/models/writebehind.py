@@ -65,8 +65,7 @@ class WriteBehind:
 
     def close(self) -> None:
         """Wait for every queued write; raise the writer's error, if any."""
-        self._q.put(None)
-        self._thread.join()
+        self.abandon()
         self._check()
 
     def abandon(self) -> None:
